@@ -1,0 +1,199 @@
+"""Training and evaluation glue behind train.py and evaluate.py (library code, Hydra-free
+except for the DictConfig it is handed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from flixrec.errors import ConfigError, FlixrecError
+
+log = logging.getLogger("flixrec")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a temp file renamed over the target."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _floats(metrics: dict, prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: round(float(v), 6) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Fail before any work when the trainer asks for hardware this machine lacks."""
+    acc = str(cfg.trainer.get("accelerator", "cpu"))
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer accelerator={acc!r} needs a CUDA GPU, but torch sees none "
+                          f"(torch {torch.__version__}, cuda available: False); use trainer=cpu")
+
+
+def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
+    """The Lightning Trainer of `cfg.trainer`, with the configured callbacks and loggers."""
+    from hydra.utils import instantiate
+
+    from flixrec.callbacks import AtomicCheckpointIO
+
+    check_trainer(cfg)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = []
+    if with_callbacks:
+        for name, c in (cfg.get("callbacks") or {}).items():
+            if c is None or (not loggers and name == "lr_monitor"):
+                continue
+            callbacks.append(instantiate(c))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       plugins=[AtomicCheckpointIO()])
+
+
+def build(cfg: DictConfig):
+    """Instantiate and set up the data module, then the model sized from the data."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data, _convert_="partial")
+    dm.setup("fit")
+    model = instantiate(cfg.model, net={"num_users": dm.num_users, "num_items": dm.num_items})
+    return dm, model
+
+
+def popularity_baseline(dm, ks) -> dict:
+    """Test metrics of ranking the test candidates by training popularity."""
+    from flixrec.metrics import RankingMetrics
+
+    metric = RankingMetrics(tuple(ks))
+    metric.update(dm.popularity_scores("test"))
+    return {k: round(float(v), 6) for k, v in metric.compute().items()}
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit, select the checkpoint on val/hr@10, test it once, write metrics.json.
+
+    Returns the best val/hr@10 (for sweepers), or None when fitting was skipped.
+    """
+    import pytorch_lightning as pl
+
+    out_dir = Path(cfg.paths.output_dir)
+    check_trainer(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
+    dm, model = build(cfg)
+    result: dict[str, Any] = {"model": model.name, "data": dm.name, "seed": int(cfg.seed),
+                              "data_stats": dm.data_stats(),
+                              "prepare_seconds": round(time.perf_counter() - t0, 3)}
+    if not cfg.train and not cfg.test:
+        write_json(out_dir / "metrics.json", result)
+        log.info("Data prepared in %.1f s; wrote %s", result["prepare_seconds"], out_dir / "metrics.json")
+        return None
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = build_trainer(cfg)
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
+    best_path = cfg.ckpt_path
+    if cfg.train:
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt_path)
+        best_path = (ckpt_cb.best_model_path or ckpt_cb.last_model_path) if ckpt_cb else None
+        result["train_seconds"] = round(model.train_seconds, 3)
+        result["train_samples_per_s"] = round(model.train_samples / max(model.train_seconds, 1e-9))
+    if best_path:
+        ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
+        result["best_epoch"] = int(ckpt["epoch"])
+        result["checkpoint"] = os.path.relpath(best_path, out_dir)
+        result["val"] = _floats(trainer.validate(model, datamodule=dm, ckpt_path=best_path,
+                                                 verbose=False)[0], "val/")
+    if cfg.test:
+        result["test"] = _floats(trainer.test(model, datamodule=dm, ckpt_path=best_path,
+                                              verbose=False)[0], "test/")
+        result["baseline_pop"] = {"test": popularity_baseline(dm, model.test_metrics.ks)}
+    write_json(out_dir / "metrics.json", result)
+    print_summary(result, out_dir)
+    return result.get("val", {}).get("hr@10")
+
+
+def evaluate(cfg: DictConfig) -> None:
+    """Test a checkpoint with the data and model rebuilt from the config stored in it."""
+    import pytorch_lightning as pl
+
+    if not cfg.ckpt_path:
+        raise ConfigError("evaluate.py needs ckpt_path=RUN/checkpoints/best.ckpt (or compare=DIR)")
+    path = Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not ckpt.get("flixrec_config"):
+        raise ConfigError(f"{path} holds no flixrec run configuration; was it written by train.py?")
+    run_cfg = OmegaConf.create(ckpt["flixrec_config"])
+    run_cfg.trainer = cfg.trainer
+    run_cfg.logger = None
+    run_cfg.paths.output_dir = cfg.paths.output_dir
+    pl.seed_everything(run_cfg.seed, workers=True, verbose=False)
+    dm, model = build(run_cfg)
+    trainer = build_trainer(run_cfg, with_callbacks=False)
+    test = _floats(trainer.test(model, datamodule=dm, ckpt_path=str(path), verbose=False)[0], "test/")
+    result = {"model": model.name, "data": dm.name, "seed": int(run_cfg.seed),
+              "checkpoint": str(path.resolve()), "best_epoch": int(ckpt["epoch"]),
+              "data_stats": dm.data_stats(), "test": test,
+              "baseline_pop": {"test": popularity_baseline(dm, model.test_metrics.ks)}}
+    out_dir = Path(cfg.paths.output_dir)
+    write_json(out_dir / "metrics.json", result)
+    print_summary(result, out_dir)
+
+
+def print_summary(result: dict, out_dir: Path) -> None:
+    """A one-screen summary of a run."""
+    lines = [f"flixrec {result['model']} on {result['data']} (seed {result['seed']})"]
+    if "best_epoch" in result:
+        lines.append(f"  best epoch (val/hr@10): {result['best_epoch']}")
+    for block in ("val", "test"):
+        if block in result:
+            lines.append(f"  {block + ':':6s}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()
+                                                         if k in ("hr@10", "ndcg@10", "mrr")))
+    if "baseline_pop" in result:
+        b = result["baseline_pop"]["test"]
+        lines.append(f"  most-popular baseline test: hr@10 {b['hr@10']:.4f}  ndcg@10 {b['ndcg@10']:.4f}")
+    if "train_samples_per_s" in result:
+        lines.append(f"  trained {result['train_seconds']:.1f} s at {result['train_samples_per_s']:,} samples/s")
+    lines.append(f"  run directory: {out_dir}")
+    if result.get("checkpoint"):
+        lines.append(f"  checkpoint: {out_dir / result['checkpoint']}")
+    if (out_dir / "tensorboard").exists():
+        lines.append(f"  TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}")
+    print("\n".join(lines), flush=True)
+
+
+def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run `task`; turn user errors into one clear paragraph and a non-zero exit."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return task(cfg)
+    except (FlixrecError, FloatingPointError) as exc:
+        message = str(exc)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, (FlixrecError, FloatingPointError)):
+            message = str(cause)
+        else:
+            message = f"could not build an object from the configuration: {exc}"
+    except Exception as exc:  # a bug, not bad input: keep the traceback, but in a file
+        out_dir = Path(cfg.paths.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "error.txt").write_text(traceback.format_exc())
+        message = (f"unexpected {type(exc).__name__}: {exc} (traceback in {out_dir / 'error.txt'})")
+    log.error(message)
+    print(f"flixrec: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
