@@ -72,6 +72,17 @@ def build(cfg: DictConfig):
     return dm, model
 
 
+def key_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that tell runs apart in a comparison or in TensorBoard's hparams tab."""
+    net = {f"net.{k}": (str(v) if not isinstance(v, (int, float, str, bool)) else v)
+           for k, v in OmegaConf.to_container(cfg.model.net, resolve=True).items()
+           if not k.startswith("_")}
+    opt = cfg.model.optimizer
+    return {"optimizer": str(opt._target_).rsplit(".", 1)[-1], "lr": opt.get("lr"),
+            "batch_size": cfg.data.batch_size, "num_negatives": cfg.data.num_negatives,
+            "max_epochs": cfg.trainer.max_epochs, "precision": str(cfg.trainer.precision), **net}
+
+
 def popularity_baseline(dm, ks) -> dict:
     """Test metrics of ranking the test candidates by training popularity."""
     from flixrec.metrics import RankingMetrics
@@ -93,7 +104,8 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     dm, model = build(cfg)
-    result: dict[str, Any] = {"model": model.name, "data": dm.name, "seed": int(cfg.seed),
+    result: dict[str, Any] = {"kind": "train", "model": model.name, "data": dm.name,
+                              "seed": int(cfg.seed), "hparams": key_hparams(cfg),
                               "data_stats": dm.data_stats(),
                               "prepare_seconds": round(time.perf_counter() - t0, 3)}
     if not cfg.train and not cfg.test:
@@ -120,14 +132,46 @@ def train(cfg: DictConfig) -> float | None:
                                               verbose=False)[0], "test/")
         result["baseline_pop"] = {"test": popularity_baseline(dm, model.test_metrics.ks)}
     write_json(out_dir / "metrics.json", result)
+    log_to_tensorboard(trainer, model, dm, result)
     print_summary(result, out_dir)
     return result.get("val", {}).get("hr@10")
+
+
+def log_to_tensorboard(trainer, model, dm, result: dict) -> None:
+    """Fill TensorBoard's hparams tab (key config, final val/test metrics) and its projector
+    (item embeddings labelled with titles)."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        finals = {f"final/{block}_{k}": v for block in ("val", "test")
+                  for k, v in result.get(block, {}).items()}
+        logger.log_hyperparams({**result["hparams"], "model": result["model"], "data": result["data"],
+                                "seed": result["seed"]}, metrics=finals)
+        vectors = item_vectors(model.net)
+        if vectors is not None:
+            logger.experiment.add_embedding(vectors, metadata=dm.item_labels(), tag="item_embeddings",
+                                            global_step=trainer.global_step)
+        logger.experiment.flush()
+
+
+def item_vectors(net: torch.nn.Module) -> torch.Tensor | None:
+    """Item embedding tables of a net side by side, (num_items, D) float32, or None."""
+    tables = [m.weight.detach().float().cpu() for n, m in net.named_modules()
+              if isinstance(m, torch.nn.Embedding) and "item" in n]
+    return torch.cat(tables, dim=1) if tables else None
 
 
 def evaluate(cfg: DictConfig) -> None:
     """Test a checkpoint with the data and model rebuilt from the config stored in it."""
     import pytorch_lightning as pl
 
+    if cfg.get("compare"):
+        from flixrec.report import compare
+
+        compare(cfg.compare, cfg.paths.output_dir)
+        return
     if not cfg.ckpt_path:
         raise ConfigError("evaluate.py needs ckpt_path=RUN/checkpoints/best.ckpt (or compare=DIR)")
     path = Path(cfg.ckpt_path)
@@ -144,7 +188,7 @@ def evaluate(cfg: DictConfig) -> None:
     dm, model = build(run_cfg)
     trainer = build_trainer(run_cfg, with_callbacks=False)
     test = _floats(trainer.test(model, datamodule=dm, ckpt_path=str(path), verbose=False)[0], "test/")
-    result = {"model": model.name, "data": dm.name, "seed": int(run_cfg.seed),
+    result = {"kind": "evaluate", "model": model.name, "data": dm.name, "seed": int(run_cfg.seed),
               "checkpoint": str(path.resolve()), "best_epoch": int(ckpt["epoch"]),
               "data_stats": dm.data_stats(), "test": test,
               "baseline_pop": {"test": popularity_baseline(dm, model.test_metrics.ks)}}
@@ -194,6 +238,19 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "error.txt").write_text(traceback.format_exc())
         message = (f"unexpected {type(exc).__name__}: {exc} (traceback in {out_dir / 'error.txt'})")
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "FAILED").write_text(message + "\n")
     log.error(message)
     print(f"flixrec: error: {message}", file=sys.stderr, flush=True)
+    if _in_multirun():
+        # the other jobs of the sweep go on; the sweep reports this one at its end
+        return float("nan")
     sys.exit(1)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -1,0 +1,98 @@
+"""Compare finished runs: a table of every run and per-model means, and bar charts with spread."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from flixrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("hr@10", "ndcg@10")
+
+
+def collect_runs(root: Path) -> pd.DataFrame:
+    """One row per training run's metrics.json below `root` (evaluate.py and compare outputs are
+    skipped): run, model, data, seed, hyperparameters, test metrics (and full-ranking ones)."""
+    rows = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipping unreadable %s (%s)", path, exc)
+            continue
+        if m.get("kind", "train") != "train" or "test" not in m:
+            continue
+        row = {"run": str(path.parent.relative_to(root)) or ".", "model": m["model"],
+               "data": m["data"], "seed": m["seed"], "best_epoch": m.get("best_epoch")}
+        row.update({k: v for k, v in m.get("hparams", {}).items()})
+        row.update({f"test/{k}": v for k, v in m["test"].items()})
+        row.update({f"test_full/{k}": v for k, v in m.get("test_full", {}).items()})
+        row.update({f"pop/{k}": v for k, v in m.get("baseline_pop", {}).get("test", {}).items()
+                    if k in METRICS})
+        row["train_seconds"] = m.get("train_seconds")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"compare={root}: no training run's metrics.json with test results below it")
+    return pd.DataFrame(rows)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and count of the test metrics per (data, model)."""
+    cols = [c for c in runs.columns if c.startswith(("test/", "test_full/")) and
+            c.split("/")[1] in METRICS]
+    grouped = runs.groupby(["data", "model"], sort=True)[cols]
+    out = grouped.mean().round(4).add_suffix(" mean").join(grouped.std(ddof=1).round(4).add_suffix(" std"))
+    out["runs"] = grouped.size()
+    ordered = [f"{c} {s}" for c in cols for s in ("mean", "std")] + ["runs"]
+    return out[ordered].reset_index()
+
+
+def plot_metric(summary: pd.DataFrame, metric: str, path: Path) -> None:
+    """Bar chart of `test/<metric>` per model, error bars one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [m if summary["data"].nunique() == 1 else f"{m}\n({d})"
+              for d, m in zip(summary["data"], summary["model"])]
+    means = summary[f"test/{metric} mean"]
+    stds = summary[f"test/{metric} std"].fillna(0.0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 4.0))
+    bars = ax.bar(labels, means, yerr=stds, capsize=5, color="#4C72B0", edgecolor="black")
+    for bar, n in zip(bars, summary["runs"]):
+        ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 3),
+                    textcoords="offset points", ha="center", color="white", fontsize=8)
+    data_names = ", ".join(sorted(summary["data"].unique()))
+    ax.set_title(f"Test {metric.upper().replace('@', '@')} per model ({data_names}; mean ± s.d. over seeds)")
+    ax.set_xlabel("model")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_ylim(0, min(1.0, max(0.05, float((means + stds).max()) * 1.15)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(root: str | Path, out_dir: str | Path) -> pd.DataFrame:
+    """Write comparison.csv, comparison.md, hr@10.png, ndcg@10.png into `out_dir`; return the
+    per-model summary."""
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise ConfigError(f"compare={root}: no such directory")
+    runs = collect_runs(root)
+    summary = summarise(runs)
+    runs.to_csv(out_dir / "comparison.csv", index=False)
+    md = ["# Run comparison", "", f"Runs below `{root}`: {len(runs)}.", "",
+          "## Per model (test metrics, mean and standard deviation over runs)", "",
+          summary.to_markdown(index=False), "", "## Every run", "", runs.to_markdown(index=False), ""]
+    (out_dir / "comparison.md").write_text("\n".join(md))
+    for metric in METRICS:
+        plot_metric(summary, metric, out_dir / f"{metric}.png")
+    print(summary.to_string(index=False), flush=True)
+    return summary
