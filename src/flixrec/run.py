@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from flixrec.errors import ConfigError, FlixrecError
 
 log = logging.getLogger("flixrec")
+
+# Lightning's advertising tips and warnings that do not apply to how flixrec drives it
+for _pattern in (".*LeafSpec.*", ".*callbacks used to create the checkpoint.*",
+                 ".*smaller than the logging interval.*", ".*does not have many workers.*"):
+    warnings.filterwarnings("ignore", message=_pattern)
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("💡"))
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -55,7 +63,8 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
     callbacks = []
     if with_callbacks:
         for name, c in (cfg.get("callbacks") or {}).items():
-            if c is None or (not loggers and name == "lr_monitor"):
+            if c is None or (not loggers and name == "lr_monitor") or \
+                    (name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True)):
                 continue
             callbacks.append(instantiate(c))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -120,7 +129,9 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt_path)
         best_path = (ckpt_cb.best_model_path or ckpt_cb.last_model_path) if ckpt_cb else None
         result["train_seconds"] = round(model.train_seconds, 3)
-        result["train_samples_per_s"] = round(model.train_samples / max(model.train_seconds, 1e-9))
+        # every rank runs the same number of equal batches: the total is world_size times ours
+        samples = model.train_samples * trainer.world_size
+        result["train_samples_per_s"] = round(samples / max(model.train_seconds, 1e-9))
     if best_path:
         ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
         result["best_epoch"] = int(ckpt["epoch"])
@@ -131,9 +142,10 @@ def train(cfg: DictConfig) -> float | None:
         result["test"] = _floats(trainer.test(model, datamodule=dm, ckpt_path=best_path,
                                               verbose=False)[0], "test/")
         result["baseline_pop"] = {"test": popularity_baseline(dm, model.test_metrics.ks)}
-    write_json(out_dir / "metrics.json", result)
-    log_to_tensorboard(trainer, model, dm, result)
-    print_summary(result, out_dir)
+    if trainer.is_global_zero:
+        write_json(out_dir / "metrics.json", result)
+        log_to_tensorboard(trainer, model, dm, result)
+        print_summary(result, out_dir)
     return result.get("val", {}).get("hr@10")
 
 
@@ -180,6 +192,9 @@ def evaluate(cfg: DictConfig) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not ckpt.get("flixrec_config"):
         raise ConfigError(f"{path} holds no flixrec run configuration; was it written by train.py?")
+    if cfg.get("recommend") and cfg.recommend.user is not None:
+        recommend(ckpt, int(cfg.recommend.user), int(cfg.recommend.n))
+        return
     run_cfg = OmegaConf.create(ckpt["flixrec_config"])
     run_cfg.trainer = cfg.trainer
     run_cfg.logger = None
@@ -195,6 +210,36 @@ def evaluate(cfg: DictConfig) -> None:
     out_dir = Path(cfg.paths.output_dir)
     write_json(out_dir / "metrics.json", result)
     print_summary(result, out_dir)
+
+
+def recommend(ckpt: dict, customer_id: int, n: int) -> list[tuple[int, str, float]]:
+    """Print and return a user's top-n movies by the checkpoint's model, excluding every movie
+    the user rated anywhere in the data: [(movie id, label, score)]."""
+    import numpy as np
+
+    run_cfg = OmegaConf.create(ckpt["flixrec_config"])
+    dm, model = build(run_cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    ids = dm.table.user_ids
+    pos = int(np.searchsorted(ids, customer_id))
+    if pos >= len(ids) or ids[pos] != customer_id:
+        raise ConfigError(f"recommend.user={customer_id}: no such customer id in data {dm.name!r} "
+                          f"({len(ids)} users, ids {ids[0]}..{ids[-1]})")
+    items = torch.arange(dm.num_items)
+    users = torch.full_like(items, pos)
+    with torch.no_grad():
+        scores = model.net(users, items).float()
+    rated = torch.from_numpy(dm.table.items[dm.table.users == pos].astype(np.int64))
+    scores[rated] = float("-inf")
+    top = scores.topk(min(n, int(torch.isfinite(scores).sum()))).indices.tolist()
+    labels = dm.item_labels()
+    rows = [(int(dm.table.item_ids[i]), labels[i], float(scores[i])) for i in top]
+    print(f"Top {len(rows)} movies for customer {customer_id} by {model.name} "
+          f"({len(rated)} rated movies excluded):")
+    for rank, (movie, label, score) in enumerate(rows, 1):
+        print(f"{rank:3d}. {label}  [movie {movie}, score {score:.3f}]")
+    return rows
 
 
 def print_summary(result: dict, out_dir: Path) -> None:

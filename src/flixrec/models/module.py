@@ -75,8 +75,9 @@ class RecModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log_dict({f"val/{k}": v for k, v in values.items()},
-                      prog_bar=False)
+        shown = ("hr@10", "ndcg@10")  # on the progress bar; the rest only in the logs
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k in shown}, prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k not in shown})
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -1,0 +1,303 @@
+"""The LightningDataModule that owns the data: parse, cache, subset, split, candidates, batches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from flixrec.data.ratings import Ratings, read_cached
+from flixrec.data.sampling import is_member, pair_keys, sample_candidates, sample_negatives
+from flixrec.data.split import Split, leave_one_out, map_probe, probe, splitmix64, temporal
+from flixrec.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("leave_one_out", "temporal", "probe")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers, so streams for (seed, purpose, epoch, rank) differ."""
+    x = np.array([0], dtype=np.uint64)
+    for p in parts:
+        x = splitmix64(x ^ np.uint64(int(p) & 0xFFFFFFFFFFFFFFFF))
+    return int(x[0] >> np.uint64(1))
+
+
+class TrainBatches:
+    """Sized iterable of shuffled positive batches {"users", "items"} (int64 (B,)).
+
+    Each epoch draws one permutation seeded by (seed, epoch); with `world_size` > 1 each rank
+    takes an equal-length stride of it, so all ranks run the same number of steps.
+    """
+
+    def __init__(self, users: Tensor, items: Tensor, batch_size: int, seed: int,
+                 epoch: Callable[[], int], rank: int = 0, world_size: int = 1) -> None:
+        self.users, self.items = users, items
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = len(users) // world_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, 1, self.epoch()))
+        order = torch.randperm(len(self.users), generator=gen, device=self.users.device)
+        order = order[self.rank: self.per_rank * self.world_size: self.world_size]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield {"users": self.users[idx], "items": self.items[idx]}
+
+
+class EvalBatches:
+    """Sized iterable of fixed candidate batches {"users": (B,), "items": (B, 1+n)}; with
+    `world_size` > 1 each rank takes a contiguous share of the users."""
+
+    def __init__(self, users: Tensor, items: Tensor, batch_size: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        share = math.ceil(len(users) / world_size)
+        self.users = users[rank * share:(rank + 1) * share]
+        self.items = items[rank * share:(rank + 1) * share]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for start in range(0, len(self.users), self.batch_size):
+            yield {"users": self.users[start:start + self.batch_size],
+                   "items": self.items[start:start + self.batch_size]}
+
+
+class RatingsDataModule(pl.LightningDataModule):
+    """Ratings from raw files to tensor batches.
+
+    Args:
+        name: data set name reported in metrics.json (e.g. "netflix", "synthetic").
+        root: directory of raw files.
+        reader: a reader factory taking `on_bad_lines` (see `ratings.read_cached`), e.g.
+            `NetflixReader`; Hydra passes it as a partial.
+        on_bad_lines: "error" stops at the first bad line; "skip" drops bad lines and counts them.
+        cache_dir: where the parsed cache goes (default: next to the data, or ~/.cache).
+        generate: if given, `root` is synthetic data generated with these parameters on first use.
+        subset: optional callable `Ratings -> Ratings` selecting the data a run uses.
+        split: "leave_one_out" (per user: latest rating test, second latest validation),
+            "temporal" (global cut by date at `temporal_fraction`; see `split.temporal`) or
+            "probe" (`probe.txt` in `root` as test positives; see `split.probe`).
+        num_negatives: training negatives per positive, resampled every epoch.
+        num_test_negatives: sampled unseen items ranked against each held-out item.
+        batch_size: training positives per batch (each brings `num_negatives` negatives).
+        eval_batch_size: users per evaluation batch.
+        temporal_fraction: share of ratings, ordered by date, before the temporal cut.
+        seed: seeds the split's tie rule, the candidates and the training order and negatives,
+            each through its own stream, so candidates do not depend on the model or batch size.
+    """
+
+    def __init__(self, name: str, root: str, reader: Callable[..., Any], on_bad_lines: str = "error",
+                 cache_dir: str | None = None,
+                 generate: dict | None = None, subset: Callable[[Ratings], Ratings] | None = None,
+                 split: str = "leave_one_out", num_negatives: int = 4,
+                 num_test_negatives: int = 100, batch_size: int = 1024,
+                 eval_batch_size: int = 2048, seed: int = 42, min_ratings: int = 3,
+                 temporal_fraction: float = 0.8) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise ConfigError(f"data.num_negatives={num_negatives}: need at least 1 training negative per positive")
+        if num_test_negatives < 1:
+            raise ConfigError(f"data.num_test_negatives={num_test_negatives}: need at least 1 evaluation negative")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")
+        if split not in SPLITS:
+            raise ConfigError(f"data.split={split!r} is not known; choose one of {', '.join(SPLITS)}")
+        if not 0.0 < temporal_fraction < 1.0:
+            raise ConfigError(f"data.temporal_fraction={temporal_fraction}: must be between 0 and 1 "
+                              f"(the share of ratings, by date, used for training)")
+        if on_bad_lines not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_lines={on_bad_lines!r}: choose error or skip")
+        self.name, self.root, self.cache_dir = name, root, cache_dir
+        self.reader = reader(on_bad_lines=on_bad_lines)
+        self.generate, self.subset, self.split = generate, subset, split
+        self.num_negatives, self.num_test_negatives = num_negatives, num_test_negatives
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.min_ratings = seed, min_ratings
+        self.on_bad_lines, self.temporal_fraction = on_bad_lines, temporal_fraction
+        self.table: Ratings | None = None
+        self._neg_state: tuple | None = None
+
+    # -- Lightning hooks --------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.generate is not None:
+            from flixrec.data.synthetic import ensure_synthetic
+
+            ensure_synthetic(Path(self.root), **self.generate)
+        read_cached(self.reader, self.root, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        t0 = time.perf_counter()
+        self.prepare_data()  # cheap when the cache exists; makes setup() usable on its own
+        table = read_cached(self.reader, self.root, self.cache_dir)
+        if self.subset is not None:
+            table = self.subset(table)
+        if len(table) == 0:
+            raise ConfigError(f"data {self.name!r} at {self.root} has no ratings left after "
+                              f"data/subset={self.subset}")
+        self.table = table
+        U, I = table.num_users, table.num_items
+        users = torch.from_numpy(table.users.astype(np.int64))
+        items = torch.from_numpy(table.items.astype(np.int64))
+        sp = self._split(table)
+        if len(sp.test_rows) == 0:
+            why = {k: v for k, v in sp.stats.items() if k != "users_evaluated"}
+            raise ConfigError(f"data.split={self.split} leaves no user of data {self.name!r} to "
+                              f"evaluate (min_ratings={self.min_ratings}; {why})")
+        train = torch.from_numpy(sp.train_rows)
+        self.train_users, self.train_items = users[train], items[train]
+        self.train_keys = pair_keys(self.train_users, self.train_items, I)
+        train_counts = torch.bincount(self.train_users, minlength=U)
+        if (train_counts >= I).any():
+            raise ConfigError(f"a user rated all {I} movies in training: no training negatives can be sampled")
+        seen_keys = pair_keys(users, items, I)
+        test_rows, val_rows = torch.from_numpy(sp.test_rows), torch.from_numpy(sp.val_rows)
+        # a user needs num_test_negatives movies they never rated; heavy raters short of that
+        # are left out of evaluation (counted and logged) rather than given repeated candidates
+        unseen = I - torch.bincount(users, minlength=U)[users[test_rows]]
+        enough = unseen >= self.num_test_negatives
+        if not enough.all():
+            if not enough.any():
+                raise ConfigError(
+                    f"data.num_test_negatives={self.num_test_negatives} is more than the movies any "
+                    f"evaluated user has not rated (at most {int(unseen.max())} of {I}); lower it")
+            log.warning("%d users rated too many of the %d movies to leave %d unseen candidates; "
+                        "they are trained on but not evaluated", int((~enough).sum()), I,
+                        self.num_test_negatives)
+            test_rows, val_rows = test_rows[enough], val_rows[enough]
+        sp.stats["users_excluded_too_few_unseen"] = int((~enough).sum())
+        self.eval_users = users[test_rows]
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, 2))
+        self.test_items = sample_candidates(self.eval_users, items[test_rows], seen_keys, I,
+                                            self.num_test_negatives, gen)
+        self.val_items = sample_candidates(self.eval_users, items[val_rows], seen_keys, I,
+                                           self.num_test_negatives, gen)
+        self.item_counts = torch.bincount(self.train_items, minlength=I)
+        self.split_stats = sp.stats
+        self.prepare_seconds = time.perf_counter() - t0
+        log.info("data %s: %d ratings, %d users, %d items; %d training positives, %d users evaluated "
+                 "(1 + %d candidates each); prepared in %.1f s", self.name, len(table), U, I,
+                 len(self.train_users), len(self.eval_users), self.num_test_negatives,
+                 self.prepare_seconds)
+
+    def train_dataloader(self) -> TrainBatches:
+        rank, world = self._rank_world()
+        return TrainBatches(self.train_users, self.train_items, self.batch_size, self.seed,
+                            self._epoch, rank, world)
+
+    def val_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.eval_users, self.val_items, self.eval_batch_size, *self._rank_world())
+
+    def test_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.eval_users, self.test_items, self.eval_batch_size, *self._rank_world())
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        """Training batches gain `num_negatives` negatives per positive and 0/1 labels, sampled
+        on the device the batch lives on; evaluation batches pass through."""
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        users, items = batch["users"], batch["items"]
+        negs = sample_negatives(users, self.num_negatives, self._device_keys(users.device),
+                                self.num_items, self._negative_generator(users.device))
+        n = self.num_negatives
+        return {
+            "users": torch.cat([users, users.repeat_interleave(n)]),
+            "items": torch.cat([items, negs.reshape(-1)]),
+            "labels": torch.cat([torch.ones(len(users), device=users.device),
+                                 torch.zeros(len(users) * n, device=users.device)]),
+        }
+
+    # -- facts for the rest of the run ------------------------------------------------------
+
+    @property
+    def num_users(self) -> int:
+        return self.table.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.table.num_items
+
+    def data_stats(self) -> dict[str, int]:
+        """Counts after parsing and subsetting (DESIGN.md `data_stats`)."""
+        return {"ratings": len(self.table), "users": self.num_users, "items": self.num_items,
+                "eval_users": len(self.eval_users), "train_positives": len(self.train_users),
+                **{k: v for k, v in self.split_stats.items() if isinstance(v, int)}}
+
+    def item_labels(self) -> list[str]:
+        """A display label per dense item: "Title (year)" where titles are known, else the id."""
+        t = self.table
+        if t.item_titles is None:
+            return [f"movie {i}" for i in t.item_ids.tolist()]
+        years = ["" if y != y else f" ({int(y)})" for y in t.item_years.tolist()]  # y != y: NaN
+        return [f"{title if title is not None else f'movie {i}'}{year}"
+                for title, year, i in zip(t.item_titles.tolist(), years, t.item_ids.tolist())]
+
+    def popularity_scores(self, stage: str = "test") -> Tensor:
+        """Training popularity of each candidate, (U, 1+n): the most-popular-first baseline."""
+        cands = self.test_items if stage == "test" else self.val_items
+        return self.item_counts[cands].float()
+
+    def train_seen(self, users: Tensor, items: Tensor) -> Tensor:
+        """Bool, shaped like `items`: did the user rate the item in training?"""
+        return is_member(self._device_keys(items.device), users, items, self.num_items)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _split(self, table: Ratings) -> Split:
+        """The `data.split` of `table`; every split breaks same-time ties by one seeded rule."""
+        U, I, seed = table.num_users, table.num_items, derive_seed(self.seed, 0)
+        if self.split == "temporal":
+            return temporal(table.users, table.items, table.times, U, I, seed,
+                            self.temporal_fraction, self.min_ratings, table.time_unit)
+        if self.split == "probe":
+            from flixrec.data.netflix import read_probe
+
+            path = Path(self.root) / "probe.txt"
+            if not path.is_file():
+                raise DataError(path, "not found: data.split=probe needs the Netflix probe file "
+                                      "probe.txt in data.root")
+            pairs = read_probe(path, self.on_bad_lines)
+            users, items = map_probe(pairs["customer_id"].to_numpy(), pairs["movie_id"].to_numpy(),
+                                     table.user_ids, table.item_ids)
+            return probe(table.users, table.items, table.times, U, I, seed, users, items,
+                         self.min_ratings)
+        return leave_one_out(table.users, table.items, table.times, U, I, seed, self.min_ratings)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _device_keys(self, device: torch.device) -> Tensor:
+        if self.train_keys.device != device:
+            self.train_keys = self.train_keys.to(device)
+        return self.train_keys
+
+    def _negative_generator(self, device: torch.device) -> torch.Generator:
+        # one stream per (epoch, rank), reseeded when the epoch changes, so a resumed run
+        # draws the same negatives as an uninterrupted one
+        state = (self._epoch(), self._rank_world()[0], str(device))
+        if self._neg_state is None or self._neg_state[0] != state:
+            gen = torch.Generator(device=device).manual_seed(derive_seed(self.seed, 3, *state[:2]))
+            self._neg_state = (state, gen)
+        return self._neg_state[1]
