@@ -63,7 +63,8 @@ class Full:
         return "no rows selected"
 
     def __str__(self) -> str:
-        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        names = [f.name for f in dataclasses.fields(self) if f.name != "min_rating"] + ["min_rating"]
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"{self.option}({args})"
 
     def _positives(self, table: Ratings) -> np.ndarray | None:
