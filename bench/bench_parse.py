@@ -4,7 +4,9 @@
     python bench/bench_parse.py --ratings 100480507   # full Netflix size (~2 GB of text)
 
 Writes synthetic data in the Kaggle layout under bench/_work/ (deleted afterwards unless --keep),
-then runs each reader in its own subprocess and reports wall seconds and the subprocess's peak RSS
+with `flixrec.data.synthetic.generate` (realistic; the default when present) or, with
+`--writer quick` (or when that module is missing), the plain vectorised writer below. Then it
+runs each reader in its own subprocess and reports wall seconds and the subprocess's peak RSS
 (which includes the interpreter and imports) as JSON. The files were just written, so they are in
 the page cache: the figures measure parsing, not the disk.
 """
@@ -26,6 +28,24 @@ WORK = Path(__file__).resolve().parent / "_work"
 NUM_MOVIES, NUM_CUSTOMERS, MAX_CUSTOMER_ID = 17_770, 480_189, 2_649_429
 FIRST_DAY, LAST_DAY = 10_541, 13_149  # 1998-11-11 .. 2005-12-31, the real range
 BATCH = 4_000_000
+
+
+def make_data(root: Path, num_ratings: int, writer: str) -> str:
+    """Write about `num_ratings` ratings in the Kaggle layout; returns the writer used."""
+    if writer in ("auto", "synthetic"):
+        try:
+            from flixrec.data.synthetic import generate
+        except ImportError:
+            if writer == "synthetic":
+                raise
+        else:
+            # Netflix proportions: 480,189 users x 17,770 movies x 209 ratings per user = 100M
+            users = max(1000, round(NUM_CUSTOMERS * num_ratings / 100_480_507))
+            generate(root, num_users=users, num_items=NUM_MOVIES,
+                     mean_ratings_per_user=num_ratings / users, seed=0)
+            return "synthetic"
+    write_kaggle(root, num_ratings)
+    return "quick"
 
 
 def write_kaggle(root: Path, num_ratings: int, seed: int = 0) -> None:
@@ -56,8 +76,9 @@ def write_kaggle(root: Path, num_ratings: int, seed: int = 0) -> None:
                 m = int(counts[movies].sum())
                 customers = customer_pool[np.minimum(np.searchsorted(popularity_cdf, rng.random(m)),
                                                      NUM_CUSTOMERS - 1)]
-                out.write(_lines(customers, rng.integers(1, 6, m), rng.integers(0, LAST_DAY - FIRST_DAY + 1, m),
-                                 day_text, movies + 1, np.cumsum(counts[movies]) - counts[movies]))
+                out.write(_lines(customers, rng.integers(1, 6, m),
+                                 rng.integers(0, LAST_DAY - FIRST_DAY + 1, m), day_text,
+                                 movies + 1, np.cumsum(counts[movies]) - counts[movies]))
 
 
 def _day_text() -> np.ndarray:
@@ -111,7 +132,8 @@ def job_ours(root: str, cache: str) -> dict:
     table = read_cached(NetflixReader(), root, cache)
     return {"seconds": time.perf_counter() - t, "ratings": len(table), "users": table.num_users,
             "items": table.num_items,
-            "bytes_in_memory": sum(getattr(table, c).nbytes for c in ("users", "items", "ratings", "times"))}
+            "bytes_in_memory": sum(getattr(table, c).nbytes
+                                   for c in ("users", "items", "ratings", "times"))}
 
 
 def job_pandas(root: str, cache: str) -> dict:
@@ -127,7 +149,8 @@ def job_pandas(root: str, cache: str) -> dict:
         df = df[~header]
         frames.append(pd.DataFrame({
             "customer_id": df["customer_id"].astype("int64"), "movie_id": df["movie_id"],
-            "rating": df["rating"].astype("int8"), "date": pd.to_datetime(df["date"], format="%Y-%m-%d")}))
+            "rating": df["rating"].astype("int8"),
+            "date": pd.to_datetime(df["date"], format="%Y-%m-%d")}))
     df = pd.concat(frames, ignore_index=True)
     return {"seconds": time.perf_counter() - t, "ratings": len(df),
             "users": int(df["customer_id"].nunique()), "items": int(df["movie_id"].nunique()),
@@ -171,6 +194,7 @@ def _peak_rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratings", type=int, default=10_000_000)
+    ap.add_argument("--writer", choices=["auto", "synthetic", "quick"], default="auto")
     ap.add_argument("--keep", action="store_true", help="keep the generated data and cache")
     ap.add_argument("--skip-pandas", action="store_true")
     ap.add_argument("--mem-limit-gb", type=float, default=20.0)
@@ -181,14 +205,16 @@ def main() -> None:
     if args.child:
         child(args.child, args.root, args.cache, args.mem_limit_gb)
         return
-    root, cache = WORK / f"netflix_{args.ratings}", WORK / f"cache_{args.ratings}"
+    root = WORK / f"netflix_{args.ratings}_{args.writer}"
+    cache = WORK / f"cache_{args.ratings}_{args.writer}"
     shutil.rmtree(cache, ignore_errors=True)
     try:
         t = time.perf_counter()
-        if not (root / "combined_data_4.txt").exists():
-            write_kaggle(root, args.ratings)
+        writer = "existing" if (root / "combined_data_4.txt").exists() else \
+            make_data(root, args.ratings, args.writer)
         text_bytes = sum(p.stat().st_size for p in root.glob("combined_data_*.txt"))
-        result = {"ratings": args.ratings, "text_mb": round(text_bytes / 2**20),
+        result = {"requested_ratings": args.ratings, "writer": writer,
+                  "text_mb": round(text_bytes / 2**20),
                   "generate_seconds": round(time.perf_counter() - t, 1), "runs": []}
         jobs = ["ours_cold", "ours_warm"] + ([] if args.skip_pandas else ["pandas"])
         for job in jobs:

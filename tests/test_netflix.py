@@ -166,7 +166,8 @@ def test_probe_and_qualifying(tmp_path):
     assert probe.to_dict("list") == {"movie_id": [1, 1, 10], "customer_id": [30878, 2647871, 1952305]}
     qual = read_qualifying(write(tmp_path / "qualifying.txt", "1:\n1046323,2005-12-19\n2:\n7,2004-02-29"))
     assert qual["movie_id"].tolist() == [1, 2] and qual["customer_id"].tolist() == [1046323, 7]
-    assert qual["day"].tolist() == [(dt.date(2005, 12, 19) - EPOCH).days, (dt.date(2004, 2, 29) - EPOCH).days]
+    assert qual["day"].tolist() == [(dt.date(2005, 12, 19) - EPOCH).days,
+                                    (dt.date(2004, 2, 29) - EPOCH).days]
     with pytest.raises(DataError, match=r"q2.txt, line 3: invalid date '2005-02-29'"):
         read_qualifying(write(tmp_path / "q2.txt", "1:\n5,2005-01-01\n6,2005-02-29\n"))
     with pytest.raises(DataError, match=r"probe.txt, line 3: malformed line '5,3'"):

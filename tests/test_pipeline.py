@@ -14,7 +14,11 @@ from hydra.utils import instantiate
 from flixrec.run import build, evaluate, train
 from tests.conftest import CONF, ROOT
 
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+# configs that cannot train from scratch, and where they are tested instead
+NEEDS_CHECKPOINTS = {"neumf_pretrained": "starts from trained GMF and MLP checkpoints; "
+                                         "tests/test_models.py trains them and tests it end to end"}
+MODELS = [pytest.param(m, marks=pytest.mark.skip(reason=NEEDS_CHECKPOINTS[m])) if m in NEEDS_CHECKPOINTS
+          else m for m in sorted(p.stem for p in (CONF / "model").glob("*.yaml"))]
 
 
 def read_metrics(cfg) -> dict:

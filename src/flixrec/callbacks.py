@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 
@@ -25,6 +29,60 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose `last.ckpt` resumes a run as if it had never stopped.
+
+    Lightning forgets the best score when a run resumes into another directory (and every
+    `python train.py ckpt_path=...` gets a new run directory), so the resumed run would choose
+    its best epoch among the new epochs only. This one copies the previous best checkpoint into
+    the new directory and keeps its score. It also saves the global torch RNG state (dropout
+    draws from it), so resumed epochs draw what the uninterrupted run would have drawn.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_initialized():
+            state["cuda_rng_states"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        if (rng := state.pop("torch_rng_state", None)) is not None:
+            torch.set_rng_state(rng)
+        cuda = state.pop("cuda_rng_states", None)
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        old_dir = state.get("dirpath")
+        if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
+            state = self._carry_over(state)
+        super().load_state_dict(state)
+
+    def _carry_over(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` with its best checkpoints copied into this run's directory; unchanged (so
+        the best-so-far starts afresh, with Lightning's warning) when one of them is gone."""
+        best = dict(state.get("best_k_models") or {})
+        missing = [p for p in best if not Path(p).is_file()]
+        if not best or missing:
+            warnings.warn(f"resuming into {self.dirpath}: the previous best checkpoint(s) "
+                          f"{missing or state.get('best_model_path')} are gone, so the best epoch "
+                          f"is chosen among the resumed epochs only")
+            return state
+        new_dir = Path(self.dirpath)
+        new_dir.mkdir(parents=True, exist_ok=True)
+        moved = {}
+        for path in best:
+            target = new_dir / Path(path).name
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+            moved[path] = str(target)
+        return {**state, "dirpath": self.dirpath, "last_model_path": "",
+                "best_k_models": {moved[p]: score for p, score in best.items()},
+                "best_model_path": moved.get(state.get("best_model_path"), ""),
+                "kth_best_model_path": moved.get(state.get("kth_best_model_path"), "")}
 
 
 class SweepReport(Callback):

@@ -73,3 +73,20 @@ class RankingMetrics(Metric):
             out[f"ndcg@{k}"] = (self.gains[j] / n).float()
         out["mrr"] = (self.rr / n).float()
         return out
+
+
+def full_positive_rank(scores: Tensor, positives: Tensor, excluded: Tensor) -> Tensor:
+    """0-based rank of each row's held-out item among every item of the catalogue not excluded.
+
+    scores: (B, I) over all I items; positives: (B,) int64 column of the held-out item;
+    excluded: (B, I) bool, True for items that are not candidates (the user's training items).
+    The rank is the number of OTHER non-excluded items scoring at least as high (ties count
+    against the held-out item, as for sampled candidates); a NaN held-out score ranks last,
+    NaN scores of other items are ignored. Returns int64 (B,).
+    """
+    scores = scores.float()
+    pos = scores.gather(1, positives[:, None].long())
+    others = ~excluded
+    others.scatter_(1, positives[:, None].long(), False)
+    rank = ((scores >= pos) & others).sum(dim=1)
+    return torch.where(torch.isnan(pos[:, 0]), others.sum(dim=1), rank)

@@ -77,8 +77,29 @@ def build(cfg: DictConfig):
 
     dm = instantiate(cfg.data, _convert_="partial")
     dm.setup("fit")
-    model = instantiate(cfg.model, net={"num_users": dm.num_users, "num_items": dm.num_items})
+    model = instantiate(cfg.model, net=net_data_args(cfg.model.net, dm))
+    candidates = 1 + dm.num_test_negatives
+    too_large = [k for k in model.test_metrics.ks if k > candidates]
+    if too_large:
+        raise ConfigError(
+            f"model.ks={list(model.test_metrics.ks)}: K={too_large[0]} is more than the {candidates} "
+            f"candidates ranked per user (the held-out movie + data.num_test_negatives="
+            f"{dm.num_test_negatives}), so every model would score HR@{too_large[0]} = 1; "
+            f"use K <= {candidates} or raise data.num_test_negatives")
     return dm, model
+
+
+def net_data_args(net_cfg: DictConfig, dm) -> dict[str, Any]:
+    """What a net takes from the data at build time: always the sizes, and the training item
+    counts for a net whose constructor asks for `item_counts` (pop)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    args: dict[str, Any] = {"num_users": dm.num_users, "num_items": dm.num_items}
+    if "item_counts" in inspect.signature(get_object(net_cfg._target_)).parameters:
+        args["item_counts"] = dm.item_counts
+    return args
 
 
 def key_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -86,8 +107,8 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
     net = {f"net.{k}": (str(v) if not isinstance(v, (int, float, str, bool)) else v)
            for k, v in OmegaConf.to_container(cfg.model.net, resolve=True).items()
            if not k.startswith("_")}
-    opt = cfg.model.optimizer
-    return {"optimizer": str(opt._target_).rsplit(".", 1)[-1], "lr": opt.get("lr"),
+    opt = cfg.model.optimizer or {}  # null for a model with nothing to train (pop)
+    return {"optimizer": str(opt.get("_target_", "none")).rsplit(".", 1)[-1], "lr": opt.get("lr"),
             "batch_size": cfg.data.batch_size, "num_negatives": cfg.data.num_negatives,
             "max_epochs": cfg.trainer.max_epochs, "precision": str(cfg.trainer.precision), **net}
 
@@ -99,6 +120,43 @@ def popularity_baseline(dm, ks) -> dict:
     metric = RankingMetrics(tuple(ks))
     metric.update(dm.popularity_scores("test"))
     return {k: round(float(v), 6) for k, v in metric.compute().items()}
+
+
+def oracle_baseline(dm, ks, full: bool, max_full_cells: int = 10 ** 8) -> dict | None:
+    """Test metrics of ranking by the generator's true preference scores: the ceiling on
+    synthetic data ({"test": ..., "test_full": ...}); None for real data. The full-ranking
+    oracle is skipped above `max_full_cells` users x items (numpy scoring would take minutes)."""
+    from flixrec.data.sampling import rated_items
+    from flixrec.metrics import RankingMetrics
+    from flixrec.models.module import full_ranks
+
+    users = dm.eval_users
+    scores = dm.true_scores(users[:, None], dm.test_items)
+    if scores is None:
+        return None
+    sampled = RankingMetrics(tuple(ks))
+    sampled.update(scores)
+    out = {"test": {k: round(float(v), 6) for k, v in sampled.compute().items()}}
+    if full and len(users) * dm.num_items <= max_full_cells:
+        rows, items = rated_items(dm.train_keys.cpu(), users, dm.num_items)
+        whole = RankingMetrics(tuple(ks))
+        whole.update_ranks(full_ranks(dm.true_scores, users, dm.test_items[:, 0], rows, items, dm.num_items))
+        out["test_full"] = {k: round(float(v), 6) for k, v in whole.compute().items()}
+    return out
+
+
+def test_blocks(trainer, model, dm, ckpt_path: str | None) -> dict[str, Any]:
+    """Test the checkpoint once: the metrics.json blocks `test`, `test_full` (every unrated
+    movie a candidate; when model.full_ranking), `baseline_pop` and, on synthetic data, `oracle`."""
+    metrics = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False)[0]
+    out: dict[str, Any] = {"test": _floats(metrics, "test/")}
+    if any(k.startswith("test_full/") for k in metrics):
+        out["test_full"] = _floats(metrics, "test_full/")
+    out["baseline_pop"] = {"test": popularity_baseline(dm, model.test_metrics.ks)}
+    oracle = oracle_baseline(dm, model.test_metrics.ks, full="test_full" in out)
+    if oracle is not None:
+        out["oracle"] = oracle
+    return out
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -139,9 +197,7 @@ def train(cfg: DictConfig) -> float | None:
         result["val"] = _floats(trainer.validate(model, datamodule=dm, ckpt_path=best_path,
                                                  verbose=False)[0], "val/")
     if cfg.test:
-        result["test"] = _floats(trainer.test(model, datamodule=dm, ckpt_path=best_path,
-                                              verbose=False)[0], "test/")
-        result["baseline_pop"] = {"test": popularity_baseline(dm, model.test_metrics.ks)}
+        result.update(test_blocks(trainer, model, dm, best_path))
     if trainer.is_global_zero:
         write_json(out_dir / "metrics.json", result)
         log_to_tensorboard(trainer, model, dm, result)
@@ -202,11 +258,9 @@ def evaluate(cfg: DictConfig) -> None:
     pl.seed_everything(run_cfg.seed, workers=True, verbose=False)
     dm, model = build(run_cfg)
     trainer = build_trainer(run_cfg, with_callbacks=False)
-    test = _floats(trainer.test(model, datamodule=dm, ckpt_path=str(path), verbose=False)[0], "test/")
     result = {"kind": "evaluate", "model": model.name, "data": dm.name, "seed": int(run_cfg.seed),
               "checkpoint": str(path.resolve()), "best_epoch": int(ckpt["epoch"]),
-              "data_stats": dm.data_stats(), "test": test,
-              "baseline_pop": {"test": popularity_baseline(dm, model.test_metrics.ks)}}
+              "data_stats": dm.data_stats(), **test_blocks(trainer, model, dm, str(path))}
     out_dir = Path(cfg.paths.output_dir)
     write_json(out_dir / "metrics.json", result)
     print_summary(result, out_dir)
@@ -247,10 +301,14 @@ def print_summary(result: dict, out_dir: Path) -> None:
     lines = [f"flixrec {result['model']} on {result['data']} (seed {result['seed']})"]
     if "best_epoch" in result:
         lines.append(f"  best epoch (val/hr@10): {result['best_epoch']}")
-    for block in ("val", "test"):
+    for block in ("val", "test", "test_full"):
         if block in result:
-            lines.append(f"  {block + ':':6s}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()
-                                                         if k in ("hr@10", "ndcg@10", "mrr")))
+            name = "test (full ranking)" if block == "test_full" else block
+            lines.append(f"  {name + ':':6s}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()
+                                                        if k in ("hr@10", "ndcg@10", "mrr")))
+    for block, values in (result.get("oracle") or {}).items():
+        lines.append(f"  oracle {block} (true preferences, the ceiling): hr@10 {values['hr@10']:.4f}  "
+                     f"ndcg@10 {values['ndcg@10']:.4f}")
     if "baseline_pop" in result:
         b = result["baseline_pop"]["test"]
         lines.append(f"  most-popular baseline test: hr@10 {b['hr@10']:.4f}  ndcg@10 {b['ndcg@10']:.4f}")
@@ -278,6 +336,8 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             message = str(cause)
         else:
             message = f"could not build an object from the configuration: {exc}"
+    except torch.cuda.OutOfMemoryError as exc:
+        message = out_of_memory_message(exc, cfg)
     except Exception as exc:  # a bug, not bad input: keep the traceback, but in a file
         out_dir = Path(cfg.paths.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +352,17 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         # the other jobs of the sweep go on; the sweep reports this one at its end
         return float("nan")
     sys.exit(1)
+
+
+def out_of_memory_message(exc: BaseException, cfg: DictConfig) -> str:
+    """What to do about a GPU out-of-memory error: smaller batches, with the current sizes."""
+    lines = str(exc).strip().splitlines()
+    data = cfg.get("data") or {}
+    now = {k: data.get(k) for k in ("batch_size", "eval_batch_size")}
+    sizes = [f"data.{k} (now {v})" if v is not None else f"data.{k}" for k, v in now.items()]
+    return (f"the GPU ran out of memory ({lines[0] if lines else 'CUDA out of memory'}). Use a "
+            f"smaller batch: lower {sizes[0]} if it happened in training or {sizes[1]} if in "
+            f"validation or testing; a smaller model or trainer.precision=bf16-mixed also helps")
 
 
 def _in_multirun() -> bool:

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from flixrec.data.ratings import Ratings, read_cached
-from flixrec.data.sampling import is_member, pair_keys, sample_candidates, sample_negatives
+from flixrec.data.sampling import (is_member, pair_keys, rated_items, sample_candidates,
+                                    sample_negatives)
 from flixrec.data.split import Split, leave_one_out, map_probe, probe, splitmix64, temporal
 from flixrec.errors import ConfigError, DataError
 
@@ -59,22 +60,34 @@ class TrainBatches:
 
 class EvalBatches:
     """Sized iterable of fixed candidate batches {"users": (B,), "items": (B, 1+n)}; with
-    `world_size` > 1 each rank takes a contiguous share of the users."""
+    `world_size` > 1 each rank takes a contiguous share of the users.
+
+    Given `seen_keys` (sorted training pair keys) and `num_items`, each batch also carries what
+    full-ranking evaluation must exclude: "seen_rows" and "seen_items" (int64 (S,), the batch
+    rows and the items they rated in training, rows ascending) and "num_items" (an int).
+    """
 
     def __init__(self, users: Tensor, items: Tensor, batch_size: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, seen_keys: Tensor | None = None,
+                 num_items: int | None = None) -> None:
         share = math.ceil(len(users) / world_size)
         self.users = users[rank * share:(rank + 1) * share]
         self.items = items[rank * share:(rank + 1) * share]
         self.batch_size = batch_size
+        self.seen_keys, self.num_items = seen_keys, num_items
 
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         for start in range(0, len(self.users), self.batch_size):
-            yield {"users": self.users[start:start + self.batch_size],
-                   "items": self.items[start:start + self.batch_size]}
+            batch = {"users": self.users[start:start + self.batch_size],
+                     "items": self.items[start:start + self.batch_size]}
+            if self.seen_keys is not None:
+                batch["seen_rows"], batch["seen_items"] = rated_items(self.seen_keys, batch["users"],
+                                                                      self.num_items)
+                batch["num_items"] = self.num_items
+            yield batch
 
 
 class RatingsDataModule(pl.LightningDataModule):
@@ -206,7 +219,9 @@ class RatingsDataModule(pl.LightningDataModule):
         return EvalBatches(self.eval_users, self.val_items, self.eval_batch_size, *self._rank_world())
 
     def test_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.eval_users, self.test_items, self.eval_batch_size, *self._rank_world())
+        # test batches carry each user's training items, for full-ranking evaluation
+        return EvalBatches(self.eval_users, self.test_items, self.eval_batch_size, *self._rank_world(),
+                           seen_keys=self.train_keys.cpu(), num_items=self.num_items)
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Training batches gain `num_negatives` negatives per positive and 0/1 labels, sampled
@@ -253,6 +268,18 @@ class RatingsDataModule(pl.LightningDataModule):
         """Training popularity of each candidate, (U, 1+n): the most-popular-first baseline."""
         cands = self.test_items if stage == "test" else self.val_items
         return self.item_counts[cands].float()
+
+    def true_scores(self, users: Tensor, items: Tensor) -> Tensor | None:
+        """The generator's true preference of (users, items) (dense indices, any shapes that
+        broadcast), float32 on the CPU, for synthetic data; None for real data. Ranking by it is
+        the oracle: the ceiling for any model on this data."""
+        if self.generate is None:
+            return None
+        from flixrec.data.synthetic import true_scores
+
+        t = self.table
+        return torch.from_numpy(true_scores(Path(self.root), t.user_ids[users.cpu().numpy()],
+                                            t.item_ids[items.cpu().numpy()]))
 
     def train_seen(self, users: Tensor, items: Tensor) -> Tensor:
         """Bool, shaped like `items`: did the user rate the item in training?"""

@@ -178,7 +178,8 @@ def read_qualifying(path: str | Path, on_bad_lines: str = "error") -> pd.DataFra
 def _find_rating_files(root: Path) -> tuple[str, list[Path]]:
     """("kaggle" | "original", rating files sorted by their number)."""
     if not root.is_dir():
-        raise DataError(root, f"not a directory; {EXPECTED_LAYOUT}")
+        what = "not a directory" if root.exists() else "no such directory"
+        raise DataError(root, f"{what}; {EXPECTED_LAYOUT}")
     kaggle = _numbered(root, "combined_data_*.txt", r"combined_data_(\d+)\.txt")
     original = _numbered(root / "training_set", "mv_*.txt", r"mv_(\d+)\.txt")
     if kaggle and original:
@@ -293,13 +294,15 @@ def _parse_chunk(buf: np.ndarray, size: int, fmt: _LineFormat) -> _Chunk:
         days=days[ok] if days is not None else None,
         lead=lead, movies=movies, counts=counts[1:].astype(np.int64),
         num_bad=num_bad, first_bad=first_bad,
-        first_bad_text=b"" if first_bad is None else data[starts[first_bad]:raw_ends[first_bad]].tobytes(),
+        first_bad_text=b"" if first_bad is None
+        else data[starts[first_bad]:raw_ends[first_bad]].tobytes(),
         first_lead=first_lead,
         max_customer=int(customers.max()) if len(customers) else -1, unterminated=unterminated,
     )
 
 
-def _right_aligned_int(T: np.ndarray, last_col: int, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _right_aligned_int(T: np.ndarray, last_col: int,
+                       lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parse the integer whose last digit is row `last_col` of T and which has `lengths` digits.
 
     T is (_W, n) digit values. Returns (int32 values (n,), ok (n,)); ok is False where a length is
@@ -320,8 +323,8 @@ def _right_aligned_int(T: np.ndarray, last_col: int, lengths: np.ndarray) -> tup
 def _tail_ranges(fmt: _LineFormat) -> tuple[np.ndarray, np.ndarray]:
     """Allowed [lo, hi] of each tail column (as digit values) for `fmt`."""
     cols = ([(_COMMA, _COMMA), (1, 5)] if fmt.has_rating else []) + \
-        ([(_COMMA, _COMMA)] + [(0, 9)] * 4 + [(_DASH, _DASH)] + [(0, 9)] * 2 + [(_DASH, _DASH)] + [(0, 9)] * 2
-         if fmt.has_date else [])
+        ([(_COMMA, _COMMA)] + [(0, 9)] * 4 + [(_DASH, _DASH)] + [(0, 9)] * 2 + [(_DASH, _DASH)]
+         + [(0, 9)] * 2 if fmt.has_date else [])
     assert len(cols) == fmt.tail
     lo, hi = np.array(cols, np.uint8).T
     return lo, hi

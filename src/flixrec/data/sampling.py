@@ -108,3 +108,16 @@ def sample_negatives(users: Tensor, num_negatives: int, train_keys: Tensor, num_
     negs[rows] = _exact_unseen(users[rows], num_negatives, train_keys, num_items, generator,
                                replacement=True)
     return negs
+
+
+def rated_items(keys: Tensor, users: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
+    """Every (row, item) pair of sorted pair `keys` that belongs to `users` (B,): the items
+    each user rated, as two aligned int64 tensors, `rows` (ascending positions into `users`)
+    and `items`. Whole-tensor: two binary searches and one gather, no loop over users."""
+    users = users.long().to(keys.device)
+    lo = torch.searchsorted(keys, users * num_items)
+    counts = torch.searchsorted(keys, (users + 1) * num_items) - lo
+    rows = torch.repeat_interleave(torch.arange(len(users), device=keys.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    idx = torch.repeat_interleave(lo - starts, counts) + torch.arange(len(rows), device=keys.device)
+    return rows, keys[idx] % num_items

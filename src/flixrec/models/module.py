@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import pytorch_lightning as pl
@@ -10,7 +12,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from flixrec.metrics import RankingMetrics
+from flixrec.errors import ConfigError
+from flixrec.metrics import RankingMetrics, full_positive_rank
+
+# a net without trainable parameters (pop) runs with no optimizer on purpose
+warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`.*")
 
 
 def score_candidates(net: nn.Module, users: Tensor, items: Tensor) -> Tensor:
@@ -19,26 +25,72 @@ def score_candidates(net: nn.Module, users: Tensor, items: Tensor) -> Tensor:
     return net(flat_users, items.reshape(-1)).float().view_as(items)
 
 
+def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tensor,
+               seen_items: Tensor, num_items: int, max_cells: int = 1 << 19) -> Tensor:
+    """0-based rank of each user's held-out item among ALL items the user did not rate in
+    training (see `metrics.full_positive_rank`; ties count against the held-out item).
+
+    users, positives: (B,) int64; seen_rows, seen_items: (S,) int64, the training items of
+    each row, rows ascending (`EvalBatches` provides them). Users are scored in chunks of
+    (max_cells // num_items, num_items) score matrices, so memory stays bounded at any scale.
+    Returns int64 (B,) on the device of `users`.
+    """
+    chunk = max(1, max_cells // num_items)
+    all_items = torch.arange(num_items, device=users.device)
+    bounds = torch.searchsorted(seen_rows, torch.arange(0, len(users) + chunk, chunk,
+                                                        device=seen_rows.device)).tolist()
+    ranks = []
+    for c, start in enumerate(range(0, len(users), chunk)):
+        u = users[start:start + chunk]
+        n = len(u)
+        scores = net(u.repeat_interleave(num_items), all_items.repeat(n)).float().view(n, num_items)
+        excluded = torch.zeros((n, num_items), dtype=torch.bool, device=users.device)
+        lo, hi = bounds[c], bounds[c + 1]
+        excluded[seen_rows[lo:hi] - start, seen_items[lo:hi]] = True
+        ranks.append(full_positive_rank(scores, positives[start:start + n], excluded))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=users.device)
+
+
 class RecModule(pl.LightningModule):
     """Trains `net` on batches {"users", "items", "labels"} and evaluates it on candidate
     batches {"users": (B,), "items": (B, 1+n)} whose column 0 is the held-out item.
 
     Args:
-        net: a module mapping (users, items) to logits.
-        optimizer: partial taking `params`, e.g. `partial(torch.optim.Adam, lr=1e-3)`.
+        net: a module mapping (users, items) to logits. A net may offer
+            `regularization(users, items) -> Tensor`, a penalty on the rows a batch touches.
+        optimizer: partial taking `params`, e.g. `partial(torch.optim.Adam, lr=1e-3)`; None
+            only for a net without trainable parameters (pop), which then trains trivially.
         scheduler: optional partial taking `optimizer`, stepped once per epoch.
         name: model name reported in metrics.json.
         ks: cut-offs for HR@k and NDCG@k.
+        l2: weight of the net's `regularization` term in the training loss (0: none).
+        full_ranking: at test time, also rank each held-out item against every item the user
+            did not rate in training (logged as `test_full/*`), when test batches carry the
+            training items.
+        full_ranking_cells: size of one full-ranking score matrix (users x items); bounds memory.
     """
 
-    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer] | None,
                  scheduler: Callable[..., Any] | None = None, name: str = "model",
-                 ks: Sequence[int] = (5, 10, 20)) -> None:
+                 ks: Sequence[int] = (5, 10, 20), l2: float = 0.0, full_ranking: bool = True,
+                 full_ranking_cells: int = 1 << 19) -> None:
         super().__init__()
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name = name
+        if l2 < 0:
+            raise ConfigError(f"model.l2={l2}: the regularization weight cannot be negative")
+        if l2 > 0 and not hasattr(net, "regularization"):
+            raise ConfigError(f"model.l2={l2}, but {type(net).__name__} has no regularization term; "
+                              f"set model.l2=0 (or weight decay in model.optimizer)")
+        self.l2, self.full_ranking, self.full_ranking_cells = l2, full_ranking, full_ranking_cells
+        # Lightning's loop needs an optimizer; a net with nothing to train steps through the
+        # epochs without one (its checkpoints, validation and test work as for any model)
+        self.automatic_optimization = any(p.requires_grad for p in net.parameters())
+        if self.automatic_optimization and optimizer is None:
+            raise ConfigError(f"model.optimizer is null, but {type(net).__name__} has parameters to train")
         self.val_metrics = RankingMetrics(tuple(ks))
         self.test_metrics = RankingMetrics(tuple(ks))
+        self.test_full_metrics = RankingMetrics(tuple(ks))
         self.run_config: dict | None = None  # the resolved run config, stored in checkpoints
         self._samples = 0
         self._epoch_start = 0.0
@@ -51,10 +103,16 @@ class RecModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.net(batch["users"], batch["items"])
         loss = binary_cross_entropy_with_logits(logits, batch["labels"])
+        if self.l2 > 0:
+            loss = loss + self.l2 * self.net.regularization(batch["users"], batch["items"])
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
                 f"{self.global_step}: lower model.optimizer.lr or use trainer.precision=32")
+        if not self.automatic_optimization:
+            # nothing to update; the (mock) optimizer step only advances global_step, without
+            # which Lightning would write no checkpoint
+            self.optimizers().step()
         self._samples += len(batch["labels"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=len(batch["labels"]))
@@ -81,21 +139,39 @@ class RecModule(pl.LightningModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.test_metrics.update(score_candidates(self.net, batch["users"], batch["items"]))
+        users, items = batch["users"], batch["items"]
+        self.test_metrics.update(score_candidates(self.net, users, items))
+        if self.full_ranking and "seen_rows" in batch:
+            self.test_full_metrics.update_ranks(full_ranks(
+                self.net, users, items[:, 0], batch["seen_rows"], batch["seen_items"],
+                int(batch["num_items"]), self.full_ranking_cells))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
         self.test_metrics.reset()
+        if self.test_full_metrics.update_called:
+            self.log_dict({f"test_full/{k}": v for k, v in self.test_full_metrics.compute().items()})
+        self.test_full_metrics.reset()
 
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(params=self.parameters())
+        if not self.automatic_optimization:
+            return None
+        opt = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt),
                                                    "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["flixrec_config"] = self.run_config
+        config = self.run_config
+        rebuild = getattr(self.net, "rebuild_config", None)
+        if config is not None and rebuild is not None:
+            # a net built from other files (neumf_pretrained) is stored as the plain
+            # architecture, so evaluate.py rebuilds it from this checkpoint alone
+            config = copy.deepcopy(config)
+            checkpoint["flixrec_built_from"] = config["model"]["net"]
+            config["model"]["net"] = rebuild
+        checkpoint["flixrec_config"] = config
         checkpoint["flixrec_train"] = {"seconds": self.train_seconds, "samples": self.train_samples}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

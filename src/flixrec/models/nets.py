@@ -96,3 +96,120 @@ class NeuMF(nn.Module):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         x = torch.cat([self.gmf.features(users, items), self.mlp.features(users, items)], dim=-1)
         return fp32_output(self.output, x)
+
+
+class MF(nn.Module):
+    """Dot-product matrix factorisation with biases (the baseline of Rendle et al., 2020):
+    logit = b + b_u + b_i + p_u . q_i, the global bias b only with `global_bias`.
+
+    `regularization` gives the L2 penalty of the rows a batch touches; RecModule scales it by
+    `model.l2` (per-sample L2 as in SGD matrix factorisation, so a row is shrunk in proportion
+    to how often it is drawn, not once per epoch).
+    """
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 64, global_bias: bool = True,
+                 init_std: float = 0.01) -> None:
+        super().__init__()
+        self.user_emb, self.item_emb = nn.Embedding(num_users, dim), nn.Embedding(num_items, dim)
+        nn.init.normal_(self.user_emb.weight, std=init_std)
+        nn.init.normal_(self.item_emb.weight, std=init_std)
+        self.user_bias, self.item_bias = nn.Embedding(num_users, 1), nn.Embedding(num_items, 1)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        self.bias = nn.Parameter(torch.zeros(())) if global_bias else None
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        # float32 throughout: the dot product is the output layer here
+        p, q = self.user_emb(users).float(), self.item_emb(items).float()
+        logits = (p * q).sum(-1) + self.user_bias(users).float().squeeze(-1) \
+            + self.item_bias(items).float().squeeze(-1)
+        return logits + self.bias if self.bias is not None else logits
+
+    def regularization(self, users: Tensor, items: Tensor) -> Tensor:
+        """Mean over the batch of 0.5 * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2), float32 scalar.
+
+        With weight lambda, its gradient on a row drawn once is lambda * row / B: the notebook's
+        per-sample update `p += gamma * (e * q - lambda * p)` averaged over a batch of B. The
+        global bias is not penalised (it has no row to attach the penalty to).
+        """
+        rows = [self.user_emb(users), self.item_emb(items), self.user_bias(users), self.item_bias(items)]
+        return 0.5 * sum(r.float().pow(2).sum(-1) for r in rows).mean()
+
+
+class SVD(MF):
+    """The notebook's B1 "SVD": logit = b_u + b_i + p_u . q_i (no global bias, K = 30), trained
+    with L2 0.03 on every parameter and the learning rate decayed by 0.93 per epoch (both in
+    conf/model/svd.yaml). The notebook fitted sigmoid(logit) to the same 0/1 labels by per-sample
+    SGD on the squared error; here it is BCE-with-logits on the shared sampled negatives."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 30, global_bias: bool = False,
+                 init_std: float = 0.01) -> None:
+        super().__init__(num_users, num_items, dim, global_bias, init_std)
+
+
+class Fusion(nn.Module):
+    """The notebook's N3 "Fusion" of an MLP and a GMF term:
+
+        h = sigmoid(W1 [p_u; q_i] + b1)              (hidden units, 4 in the notebook)
+        logit = w2 . [h; p_u * q_i * w_u] + b2        (w_u: a per-user K-vector)
+
+    With `per_user_weights` every user has their own W1, b1, w2, b2, as in the notebook; they
+    live in embedding tables (a user's W1 is one row of `num_users x 2K*hidden`), so a batch
+    gathers its users' weights and applies them with one batched matmul. Otherwise the hidden
+    and output layers are shared. w_u starts at 1, so the GMF term starts as p_u * q_i.
+    """
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 16, hidden: int = 4,
+                 per_user_weights: bool = False) -> None:
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.user_emb, self.item_emb = _embedding(num_users, dim), _embedding(num_items, dim)
+        self.user_gmf_weight = nn.Embedding(num_users, dim)
+        nn.init.ones_(self.user_gmf_weight.weight)
+        self.per_user_weights = per_user_weights
+        if per_user_weights:
+            # each row initialised like one Xavier-uniform dense layer
+            self.hidden_weight = nn.Embedding(num_users, 2 * dim * hidden)
+            self.hidden_bias = nn.Embedding(num_users, hidden)
+            self.output_weight = nn.Embedding(num_users, hidden + dim)
+            self.output_bias = nn.Embedding(num_users, 1)
+            for table, fan in ((self.hidden_weight, 2 * dim + hidden), (self.output_weight, hidden + dim + 1)):
+                bound = (6.0 / fan) ** 0.5
+                nn.init.uniform_(table.weight, -bound, bound)
+            nn.init.zeros_(self.hidden_bias.weight)
+            nn.init.zeros_(self.output_bias.weight)
+        else:
+            self.hidden_layer = _dense(2 * dim, hidden)
+            self.output = _dense(hidden + dim, 1)
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        p, q = self.user_emb(users), self.item_emb(items)
+        x = torch.cat([p, q], dim=-1)
+        gmf = p * q * self.user_gmf_weight(users)
+        if not self.per_user_weights:
+            h = torch.sigmoid(self.hidden_layer(x))
+            return fp32_output(self.output, torch.cat([h, gmf], dim=-1))
+        w1 = self.hidden_weight(users).view(-1, 2 * self.dim, self.hidden)
+        h = torch.sigmoid(torch.bmm(x.unsqueeze(1), w1).squeeze(1) + self.hidden_bias(users))
+        z = torch.cat([h, gmf], dim=-1).float()
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return (z * self.output_weight(users).float()).sum(-1) + self.output_bias(users).float().squeeze(-1)
+
+
+class Pop(nn.Module):
+    """Most-popular-first: the logit of an item is its training count, whoever the user.
+
+    Nothing is trained; the counts are a buffer (saved in checkpoints) handed over at build
+    time from the data module. Scores equal `RatingsDataModule.popularity_scores`, so this
+    model reproduces the `baseline_pop` figures exactly.
+    """
+
+    def __init__(self, num_users: int, num_items: int, item_counts: Tensor | None = None) -> None:
+        super().__init__()
+        counts = torch.zeros(num_items) if item_counts is None else torch.as_tensor(item_counts)
+        if counts.shape != (num_items,):
+            raise ValueError(f"item_counts has shape {tuple(counts.shape)}, expected ({num_items},)")
+        self.register_buffer("item_counts", counts.float())  # exact for counts below 2**24
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.item_counts[items]
