@@ -107,3 +107,39 @@ def test_bad_config_value_exits_nonzero_with_message(tmp_path, data_dir):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "data.num_negatives=0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def write_kaggle_files(root: Path, num_users: int = 60, num_movies: int = 80, seed: int = 3) -> int:
+    """Hand-rolled Kaggle-layout files (not the project's generator): CRLF line endings, sparse
+    customer ids, same-day ratings, a latin-1 title with a comma. Returns the rating count."""
+    import random
+
+    rng = random.Random(seed)
+    customers = rng.sample(range(1, 2_649_430), num_users)
+    blocks, count = [], 0
+    for movie in range(1, num_movies + 1):
+        raters = rng.sample(customers, rng.randint(5, 40))
+        lines = [f"{movie}:"] + [f"{c},{rng.randint(1, 5)},2005-0{rng.randint(1, 9)}-1{rng.randint(0, 2)}"
+                                 for c in raters]
+        count += len(raters)
+        blocks.append("\r\n".join(lines) + "\r\n")
+    root.mkdir(parents=True, exist_ok=True)
+    half = len(blocks) // 2
+    (root / "combined_data_1.txt").write_bytes("".join(blocks[:half]).encode())
+    (root / "combined_data_2.txt").write_bytes("".join(blocks[half:]).encode())
+    titles = [f"{m},{1990 + m % 15},Movie {m}" for m in range(1, num_movies + 1)]
+    titles[0] = "1,NULL,Caf\xe9, the Movie"
+    (root / "movie_titles.csv").write_bytes("\r\n".join(titles).encode("latin-1"))
+    return count
+
+
+def test_train_on_netflix_files_the_generator_did_not_write(tmp_path, make_cfg):
+    root = tmp_path / "netflix"
+    count = write_kaggle_files(root)
+    cfg = make_cfg(["data=netflix", f"data.root={root}", "data.num_test_negatives=20",
+                    "data.batch_size=128"])
+    train(cfg)
+    m = read_metrics(cfg)
+    assert m["data"] == "netflix" and m["data_stats"]["ratings"] == count
+    assert m["data_stats"]["users"] == 60 and m["data_stats"]["items"] == 80
+    assert 0.0 <= m["test"]["hr@10"] <= 1.0
