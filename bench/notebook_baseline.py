@@ -31,7 +31,12 @@ What differs from the notebook, and why:
    whose test HR@10 reaches the target. That is an oracle stopping rule that favours the
    baseline (it never trains or evaluates an epoch too many), so the speed-up ratios computed
    against it are conservative.
-5. Timing hooks, a JSON summary on the last stdout line, and optional data/epoch/step limits.
+5. Memory only: the per-row sets of unseen items are built and sampled in one `apply` instead
+   of being stored in a column first (the notebook's way peaks at 6.7 GB on ML-100K); the same
+   set differences and draws are computed, so the CPU work is the same.
+6. Evaluation runs under `torch.no_grad()` (the notebook kept autograd on): the same values,
+   a slightly faster baseline.
+7. Timing hooks, a JSON summary on the last stdout line, and optional data/epoch/step limits.
 
 Nothing else is optimised: the point is to measure the pipeline the project started from.
 """
@@ -124,10 +129,11 @@ class NCF_Data(object):  # noqa: N801 - the notebook's name
         users, items, ratings = [], [], []
         train_ratings = pd.merge(self.train_ratings, self.negatives[["user_id", "interacted_items"]],
                                  on="user_id")
-        train_ratings["negative_items"] = train_ratings["interacted_items"].apply(
-            lambda x: self.item_pool - x)
-        train_ratings["negatives"] = train_ratings["negative_items"].apply(
-            lambda x: random.sample(list(x), self.num_ng))
+        # the notebook stored `item_pool - x` for every training row in a column first (98k
+        # sets of ~1,600 items on ML-100K: 6.7 GB) and then sampled from each; one apply does
+        # the same set difference and draw per row without holding all the sets at once
+        train_ratings["negatives"] = train_ratings["interacted_items"].apply(
+            lambda x: random.sample(list(self.item_pool - x), self.num_ng))
         for row in train_ratings.itertuples():
             users.append(int(row.user_id))
             items.append(int(row.item_id))

@@ -34,12 +34,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class ResumableCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint whose `last.ckpt` resumes a run as if it had never stopped.
 
-    Lightning forgets the best score when a run resumes into another directory (and every
-    `python train.py ckpt_path=...` gets a new run directory), so the resumed run would choose
-    its best epoch among the new epochs only. This one copies the previous best checkpoint into
-    the new directory and keeps its score. It also saves the global torch RNG state (dropout
-    draws from it), so resumed epochs draw what the uninterrupted run would have drawn.
+    Three things Lightning (2.6) does not do: it writes `last.ckpt` only in epochs that also
+    write a new best, so an interrupted run would resume from its last improvement; this one
+    writes it after every epoch. It forgets the best score when a run resumes into another
+    directory (and every `python train.py ckpt_path=...` gets a new run directory), so the
+    resumed run would choose its best epoch among the new epochs only; this one copies the
+    previous best checkpoint into the new directory and keeps its score. And it saves the global
+    torch RNG state (dropout draws from it), so resumed epochs draw what the uninterrupted run
+    would have drawn.
     """
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer) -> None:
+        # skipped when this step was already saved (a new best brings last.ckpt along)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -301,13 +301,14 @@ def print_summary(result: dict, out_dir: Path) -> None:
     lines = [f"flixrec {result['model']} on {result['data']} (seed {result['seed']})"]
     if "best_epoch" in result:
         lines.append(f"  best epoch (val/hr@10): {result['best_epoch']}")
-    for block in ("val", "test", "test_full"):
+    labels = {"val": "val:  ", "test": "test: ", "test_full": "test, ranked against every unrated movie: "}
+    for block, label in labels.items():
         if block in result:
-            name = "test (full ranking)" if block == "test_full" else block
-            lines.append(f"  {name + ':':6s}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()
-                                                        if k in ("hr@10", "ndcg@10", "mrr")))
+            lines.append(f"  {label}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()
+                                                  if k in ("hr@10", "ndcg@10", "mrr")))
     for block, values in (result.get("oracle") or {}).items():
-        lines.append(f"  oracle {block} (true preferences, the ceiling): hr@10 {values['hr@10']:.4f}  "
+        what = "every unrated movie" if block == "test_full" else "test candidates"
+        lines.append(f"  oracle (true preferences, the ceiling), {what}: hr@10 {values['hr@10']:.4f}  "
                      f"ndcg@10 {values['ndcg@10']:.4f}")
     if "baseline_pop" in result:
         b = result["baseline_pop"]["test"]

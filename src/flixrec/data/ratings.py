@@ -230,6 +230,10 @@ def cached(
                 log.info("Source files changed since %s was written; rebuilding it", target)
             except Exception as exc:  # any unreadable cache is rebuilt, never trusted
                 log.warning("Cache %s could not be loaded (%s); rebuilding it", target, exc)
+        # temp and old copies are only made under this lock, so any seen now are the leftovers
+        # of a writer that was killed; they can be as large as the cache
+        for stale in [*cache_dir.glob(f".{name}.tmp-*"), *cache_dir.glob(f".{name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         table = build()
         save_ratings(table, target, key)
         log.info("Wrote ratings cache %s (%d ratings)", target, len(table))

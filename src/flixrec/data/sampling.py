@@ -73,16 +73,23 @@ def sample_candidates(users: Tensor, positives: Tensor, seen_keys: Tensor, num_i
             f"movies that user index {u} has not rated ({int(short.sum())} users are short); lower "
             f"data.num_test_negatives or filter heavy raters out with a subset")
     negs = torch.randint(num_items, (len(users), num_negatives), generator=generator)
-    u = users[:, None]
+    # Only rows that had a slot redrawn can turn bad, so each round re-checks just those rows
+    # (a whole-matrix check costs seconds at Netflix scale; later rounds touch ~1% of rows).
+    # The bad slots, and the order they are redrawn in, are the same as re-checking everything.
+    rows = torch.arange(len(users))
     for _ in range(_MAX_ROUNDS):
-        bad = is_member(seen_keys, u, negs, num_items) | _row_duplicates(negs)
+        sub = negs[rows]
+        bad = is_member(seen_keys, users[rows, None], sub, num_items) | _row_duplicates(sub)
         n_bad = int(bad.sum())
         if n_bad == 0:
             break
-        negs[bad] = torch.randint(num_items, (n_bad,), generator=generator)
+        sub[bad] = torch.randint(num_items, (n_bad,), generator=generator)
+        negs[rows] = sub
+        rows = rows[bad.any(1)]
     else:
-        rows = torch.nonzero(is_member(seen_keys, u, negs, num_items).any(1)
-                             | _row_duplicates(negs).any(1)).squeeze(1)
+        sub = negs[rows]
+        rows = rows[(is_member(seen_keys, users[rows, None], sub, num_items)
+                     | _row_duplicates(sub)).any(1)]
         negs[rows] = _exact_unseen(users[rows], num_negatives, seen_keys, num_items, generator,
                                    replacement=False)
     return torch.cat([positives[:, None].long(), negs], dim=1)

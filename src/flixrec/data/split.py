@@ -33,13 +33,23 @@ class Split:
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A seeded, well-mixed 64-bit hash of uint64 values (wrapping arithmetic)."""
-    x = x.astype(np.uint64, copy=True)
+    """A seeded, well-mixed 64-bit hash of uint64 values (wrapping arithmetic). Returns a new
+    uint64 array shaped like `x`."""
+    return _splitmix64_inplace(x.astype(np.uint64, copy=True))
+
+
+def _splitmix64_inplace(x: np.ndarray) -> np.ndarray:
+    """`splitmix64` overwriting the uint64 array `x`. In-place operations with one scratch
+    buffer: at 100M ratings each fresh temporary costs more in page faults than the arithmetic."""
+    tmp = np.empty_like(x)
     with np.errstate(over="ignore"):
         x += np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            np.right_shift(x, np.uint64(shift), out=tmp)
+            x ^= tmp
+            x *= np.uint64(mult)
+        np.right_shift(x, np.uint64(31), out=tmp)
+        x ^= tmp
     return x
 
 
@@ -47,17 +57,26 @@ def recency_key(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_ite
                 seed: int) -> np.ndarray:
     """int64 key ordering one user's ratings by time; same-time ties by a seeded hash of the
     (user, item) pair, then by item id, so the order never depends on file order and two
-    distinct items of one user never share a key."""
+    distinct items of one user never share a key. Built in place in two (R,) 64-bit buffers."""
     item_bits = max(int(num_items - 1).bit_length(), 1)
-    t = times.astype(np.int64) - int(times.min(initial=0))
-    time_bits = max(int(t.max(initial=0)).bit_length(), 1)
+    t0 = int(times.min(initial=0))
+    time_bits = max((int(times.max(initial=t0)) - t0).bit_length(), 1)
     if time_bits + _TIE_BITS + item_bits > 62:
         raise ValueError("time range and item count too large for a 63-bit recency key")
-    pair = users.astype(np.uint64) * np.uint64(num_items) + items.astype(np.uint64)
-    salt = (int(seed) * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF
-    tie = splitmix64(pair ^ np.uint64(salt))
-    tie = (tie >> np.uint64(64 - _TIE_BITS)).astype(np.int64)
-    return (t << (_TIE_BITS + item_bits)) | (tie << item_bits) | items.astype(np.int64)
+    pair = users.astype(np.uint64)
+    pair *= np.uint64(num_items)
+    np.add(pair, items, out=pair, dtype=np.uint64, casting="unsafe")  # items are >= 0
+    pair ^= np.uint64((int(seed) * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF)
+    tie = _splitmix64_inplace(pair)
+    tie >>= np.uint64(64 - _TIE_BITS)
+    tie <<= np.uint64(item_bits)
+    key = times.astype(np.int64)
+    key -= t0
+    key <<= _TIE_BITS + item_bits
+    key |= tie.view(np.int64)
+    del tie, pair
+    np.bitwise_or(key, items, out=key, dtype=np.int64, casting="unsafe")
+    return key
 
 
 def _argmax_per_user(users: torch.Tensor, key: torch.Tensor, num_users: int) -> torch.Tensor:
@@ -97,7 +116,7 @@ def leave_one_out(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_u
     }
     log.info("leave_one_out: %d users evaluated; %d users with fewer than %d ratings kept for "
              "training only", stats["users_evaluated"], stats["users_train_only"], min_ratings)
-    return Split(torch.nonzero(~held_out).squeeze(1).numpy(), val.numpy(), test.numpy(), stats)
+    return Split(np.flatnonzero(~held_out.numpy()), val.numpy(), test.numpy(), stats)
 
 
 def _key_where(key: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -117,7 +136,7 @@ def _held_out_split(u: torch.Tensor, val: torch.Tensor, test: torch.Tensor,
     dropped (bool (R,)) nor a validation row."""
     keep = ~dropped
     keep[val] = False
-    return torch.nonzero(keep).squeeze(1).numpy(), val.numpy(), test.numpy()
+    return np.flatnonzero(keep.numpy()), val.numpy(), test.numpy()
 
 
 def temporal(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_users: int,

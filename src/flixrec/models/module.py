@@ -26,7 +26,7 @@ def score_candidates(net: nn.Module, users: Tensor, items: Tensor) -> Tensor:
 
 
 def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tensor,
-               seen_items: Tensor, num_items: int, max_cells: int = 1 << 19) -> Tensor:
+               seen_items: Tensor, num_items: int, max_cells: int = 1 << 20) -> Tensor:
     """0-based rank of each user's held-out item among ALL items the user did not rate in
     training (see `metrics.full_positive_rank`; ties count against the held-out item).
 
@@ -43,7 +43,10 @@ def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tens
     for c, start in enumerate(range(0, len(users), chunk)):
         u = users[start:start + chunk]
         n = len(u)
-        scores = net(u.repeat_interleave(num_items), all_items.repeat(n)).float().view(n, num_items)
+        if hasattr(net, "score_grid"):
+            scores = net.score_grid(u, all_items).float()
+        else:
+            scores = net(u.repeat_interleave(num_items), all_items.repeat(n)).float().view(n, num_items)
         excluded = torch.zeros((n, num_items), dtype=torch.bool, device=users.device)
         lo, hi = bounds[c], bounds[c + 1]
         excluded[seen_rows[lo:hi] - start, seen_items[lo:hi]] = True
@@ -73,7 +76,7 @@ class RecModule(pl.LightningModule):
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer] | None,
                  scheduler: Callable[..., Any] | None = None, name: str = "model",
                  ks: Sequence[int] = (5, 10, 20), l2: float = 0.0, full_ranking: bool = True,
-                 full_ranking_cells: int = 1 << 19) -> None:
+                 full_ranking_cells: int = 1 << 20) -> None:
         super().__init__()
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name = name
@@ -91,6 +94,7 @@ class RecModule(pl.LightningModule):
         self.val_metrics = RankingMetrics(tuple(ks))
         self.test_metrics = RankingMetrics(tuple(ks))
         self.test_full_metrics = RankingMetrics(tuple(ks))
+        self._full_ranked = False  # did this test epoch rank against the full catalogue?
         self.run_config: dict | None = None  # the resolved run config, stored in checkpoints
         self._samples = 0
         self._epoch_start = 0.0
@@ -142,6 +146,7 @@ class RecModule(pl.LightningModule):
         users, items = batch["users"], batch["items"]
         self.test_metrics.update(score_candidates(self.net, users, items))
         if self.full_ranking and "seen_rows" in batch:
+            self._full_ranked = True
             self.test_full_metrics.update_ranks(full_ranks(
                 self.net, users, items[:, 0], batch["seen_rows"], batch["seen_items"],
                 int(batch["num_items"]), self.full_ranking_cells))
@@ -149,9 +154,10 @@ class RecModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
         self.test_metrics.reset()
-        if self.test_full_metrics.update_called:
+        if self._full_ranked:
             self.log_dict({f"test_full/{k}": v for k, v in self.test_full_metrics.compute().items()})
         self.test_full_metrics.reset()
+        self._full_ranked = False
 
     def configure_optimizers(self) -> Any:
         if not self.automatic_optimization:

@@ -4,6 +4,12 @@ Conventions of the NCF paper (He et al., 2017): embeddings start from N(0, 0.01)
 are ReLU, dense layers are Xavier-initialised with zero bias. The output layer always runs in
 float32, also under mixed precision: bf16 logits would tie many of the 101 candidates, and ties
 count against the held-out item.
+
+Nets may also offer `score_grid(users (B,), items (I,)) -> (B, I)`, the logits of every pair of
+the grid, equal to `forward` on the flattened grid. Full-ranking evaluation uses it when present:
+it computes per-user and per-item parts once (a dot product becomes one matmul, the first MLP
+layer splits into a user half and an item half), which makes scoring a user against the whole
+catalogue several times faster than gathering B x I embedding pairs.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def _embedding(n: int, dim: int) -> nn.Embedding:
@@ -49,6 +56,18 @@ class GMF(nn.Module):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         return fp32_output(self.output, self.features(users, items))
 
+    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, I) logits of every (user, item) pair: h . (p_u * q_i) + b as one matmul."""
+        return _grid_dot(self.user_emb(users), self.item_emb(items), self.output.weight[0]) \
+            + self.output.bias.float()
+
+
+def _grid_dot(p: Tensor, q: Tensor, h: Tensor | None = None) -> Tensor:
+    """(B, I) float32 sum_d h_d p_bd q_id (h: optional (D,) weights), computed in float32."""
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        p = p.float() if h is None else p.float() * h.float()
+        return p @ q.float().T
+
 
 class MLP(nn.Module):
     """Multi-layer perceptron on [p_u; q_i]; `layers[0]` is the concatenated embedding width."""
@@ -77,6 +96,25 @@ class MLP(nn.Module):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         return fp32_output(self.output, self.features(users, items))
 
+    def grid_features(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, I, layers[-1]) last hidden layer of every pair; the first dense layer is applied
+        to the user and item halves separately and broadcast-added."""
+        p, q = self.user_emb(users), self.item_emb(items)
+        if len(self.tower) == 0:
+            return torch.cat([p[:, None, :].expand(-1, len(q), -1), q[None].expand(len(p), -1, -1)], -1)
+        first = self.tower[0]
+        half = p.shape[-1]
+        x = (F.linear(p, first.weight[:, :half], first.bias)[:, None, :]
+             + F.linear(q, first.weight[:, half:])[None, :, :])
+        for layer in self.tower[1:]:
+            # in place: the (B, I, width) activations are the bulk of full-ranking memory traffic
+            x = x.relu_() if isinstance(layer, nn.ReLU) else layer(x)
+        return x
+
+    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, I) logits of every (user, item) pair."""
+        return fp32_output(self.output, self.grid_features(users, items))
+
 
 class NeuMF(nn.Module):
     """Neural matrix factorisation: a GMF and an MLP tower with separate embeddings, their last
@@ -96,6 +134,14 @@ class NeuMF(nn.Module):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         x = torch.cat([self.gmf.features(users, items), self.mlp.features(users, items)], dim=-1)
         return fp32_output(self.output, x)
+
+    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, I) logits of every pair; the output layer is linear, so its GMF half is a matmul."""
+        w = self.output.weight[0]
+        gmf = _grid_dot(self.gmf.user_emb(users), self.gmf.item_emb(items), w[:self.gmf.out_dim])
+        mlp = self.mlp.grid_features(users, items)
+        with torch.autocast(device_type=users.device.type, enabled=False):
+            return gmf + mlp.float() @ w[self.gmf.out_dim:].float() + self.output.bias.float()
 
 
 class MF(nn.Module):
@@ -123,6 +169,12 @@ class MF(nn.Module):
         p, q = self.user_emb(users).float(), self.item_emb(items).float()
         logits = (p * q).sum(-1) + self.user_bias(users).float().squeeze(-1) \
             + self.item_bias(items).float().squeeze(-1)
+        return logits + self.bias if self.bias is not None else logits
+
+    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, I) logits of every (user, item) pair, the dot products as one matmul."""
+        logits = _grid_dot(self.user_emb(users), self.item_emb(items)) \
+            + self.user_bias(users).float() + self.item_bias(items).float().T
         return logits + self.bias if self.bias is not None else logits
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
@@ -195,6 +247,26 @@ class Fusion(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             return (z * self.output_weight(users).float()).sum(-1) + self.output_bias(users).float().squeeze(-1)
 
+    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, I) logits of every (user, item) pair: the hidden layer's user and item halves are
+        computed once each and broadcast-added; the GMF term is a matmul."""
+        K, H = self.dim, self.hidden
+        p, q, w = self.user_emb(users), self.item_emb(items), self.user_gmf_weight(users)
+        if self.per_user_weights:
+            w1 = self.hidden_weight(users).view(-1, 2 * K, H)
+            pre = (torch.einsum("bd,bdh->bh", p, w1[:, :K]) + self.hidden_bias(users))[:, None, :] \
+                + torch.einsum("id,bdh->bih", q, w1[:, K:])
+            w2, b2 = self.output_weight(users).float(), self.output_bias(users).float()
+        else:
+            layer = self.hidden_layer
+            pre = F.linear(p, layer.weight[:, :K], layer.bias)[:, None, :] + F.linear(q, layer.weight[:, K:])[None]
+            w2 = self.output.weight.float().expand(len(users), -1)
+            b2 = self.output.bias.float().expand(len(users), 1)
+        h = torch.sigmoid(pre)
+        with torch.autocast(device_type=users.device.type, enabled=False):
+            gmf = (p.float() * w.float() * w2[:, H:]) @ q.float().T
+            return torch.einsum("bih,bh->bi", h.float(), w2[:, :H]) + gmf + b2
+
 
 class Pop(nn.Module):
     """Most-popular-first: the logit of an item is its training count, whoever the user.
@@ -213,3 +285,6 @@ class Pop(nn.Module):
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         return self.item_counts[items]
+
+    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.item_counts[items][None, :].expand(len(users), -1)

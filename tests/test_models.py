@@ -1,0 +1,336 @@
+"""Nets, pre-training, full ranking and the oracle: shapes, gradients and hand-checked values."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from torch.nn.functional import binary_cross_entropy_with_logits
+
+from flixrec.data.sampling import pair_keys, rated_items
+from flixrec.errors import ConfigError
+from flixrec.metrics import RankingMetrics, full_positive_rank
+from flixrec.models.module import RecModule, full_ranks
+from flixrec.models.nets import GMF, MF, MLP, SVD, Fusion, NeuMF, Pop
+from flixrec.run import build, evaluate, train
+from tests.conftest import ROOT
+
+U, I = 7, 11
+
+NETS = {
+    "gmf": lambda: GMF(U, I, dim=4),
+    "mlp": lambda: MLP(U, I, layers=[8, 6, 4], dropout=0.1),
+    "neumf": lambda: NeuMF(U, I, gmf_dim=4, mlp_layers=[8, 4], dropout=0.1),
+    "mf": lambda: MF(U, I, dim=4),
+    "svd": lambda: SVD(U, I, dim=4),
+    "fusion": lambda: Fusion(U, I, dim=4),
+    "fusion_per_user": lambda: Fusion(U, I, dim=4, per_user_weights=True),
+    "pop": lambda: Pop(U, I, item_counts=torch.arange(I) % 5),
+}
+
+
+def batch(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(U, (n,), generator=g), torch.randint(I, (n,), generator=g),
+            torch.randint(2, (n,), generator=g).float())
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_net_maps_users_items_to_float32_logits(name):
+    torch.manual_seed(0)
+    net = NETS[name]()
+    users, items, _ = batch()
+    out = net(users, items)
+    assert out.shape == (len(users),) and out.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the output layer stays float32
+        assert net(users, items).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", [n for n in NETS if n != "pop"])
+def test_gradient_reaches_every_trainable_parameter(name):
+    torch.manual_seed(0)
+    net = NETS[name]()
+    net.train()
+    users, items, labels = batch(200)
+    loss = binary_cross_entropy_with_logits(net(users, items), labels)
+    if hasattr(net, "regularization"):
+        loss = loss + 0.03 * net.regularization(users, items)
+    loss.backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient for {pname}"
+
+
+def test_pop_has_nothing_to_train():
+    assert not any(p.requires_grad for p in NETS["pop"]().parameters())
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_score_grid_equals_forward_on_every_pair(name):
+    torch.manual_seed(0)
+    net = NETS[name]().eval()
+    users, items = torch.tensor([3, 0, 6]), torch.arange(I)
+    grid = net.score_grid(users, items)
+    flat = net(users.repeat_interleave(I), items.repeat(len(users))).view(len(users), I)
+    assert grid.shape == (3, I) and grid.dtype == torch.float32
+    torch.testing.assert_close(grid, flat, rtol=1e-5, atol=1e-6)
+
+
+def test_fusion_per_user_weights_live_in_per_user_tables():
+    K, H = 4, 3
+    net = Fusion(U, I, dim=K, hidden=H, per_user_weights=True)
+    assert net.hidden_weight.weight.shape == (U, 2 * K * H)
+    assert net.hidden_bias.weight.shape == (U, H)
+    assert net.output_weight.weight.shape == (U, H + K)
+    assert net.output_bias.weight.shape == (U, 1)
+    assert net.user_gmf_weight.weight.shape == (U, K)
+    # one user's loss moves only that user's weights
+    net(torch.tensor([2, 2]), torch.tensor([1, 5])).sum().backward()
+    touched = net.hidden_weight.weight.grad.abs().sum(1) > 0
+    assert touched.tolist() == [u == 2 for u in range(U)]
+    shared = Fusion(U, I, dim=K, hidden=H)
+    assert shared.hidden_layer.weight.shape == (H, 2 * K) and shared.output.weight.shape == (1, H + K)
+
+
+def test_svd_regularization_hand_example():
+    net = SVD(3, 4, dim=2)
+    with torch.no_grad():
+        net.user_emb.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, -1.0], [0.0, 0.0]]))
+        net.item_emb.weight.copy_(torch.tensor([[0.5, 0.5], [3.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+        net.user_bias.weight.copy_(torch.tensor([[1.0], [-2.0], [0.0]]))
+        net.item_bias.weight.copy_(torch.tensor([[0.0], [1.0], [0.0], [0.0]]))
+    users, items = torch.tensor([0, 1]), torch.tensor([0, 1])
+    # sample 0: |p|^2 = 5, |q|^2 = 0.5, b_u^2 = 1, b_i^2 = 0 -> 6.5
+    # sample 1: |p|^2 = 1, |q|^2 = 9,   b_u^2 = 4, b_i^2 = 1 -> 15
+    assert net.regularization(users, items).item() == pytest.approx(0.5 * (6.5 + 15) / 2, abs=1e-6)
+    # logit = b_u + b_i + p.q, no global bias by default
+    assert net(users, items).tolist() == pytest.approx([1 + 0 + 1.5, -2 + 1 + 0])
+    assert net.bias is None and MF(3, 4).bias is not None
+
+
+def test_l2_needs_a_net_with_a_regularization_term():
+    with pytest.raises(ConfigError, match="model.l2"):
+        RecModule(GMF(U, I), optimizer=None, l2=0.1)
+    with pytest.raises(ConfigError, match="model.optimizer"):
+        RecModule(GMF(U, I), optimizer=None)
+    assert not RecModule(Pop(U, I), optimizer=None).automatic_optimization
+
+
+# -- full ranking ---------------------------------------------------------------------------
+
+def test_full_positive_rank_hand_example():
+    scores = torch.tensor([[0.9, 0.5, 0.7, 0.5, 0.1],
+                           [0.2, 0.3, 0.9, 0.8, 0.3],
+                           [0.0, 0.0, 0.0, 0.0, 0.0]])
+    positives = torch.tensor([1, 4, 2])
+    excluded = torch.tensor([[True, False, False, False, False],   # item 0 is a training item
+                             [False, False, True, True, False],
+                             [False, False, False, False, False]])
+    # row 0: candidates 2 (0.7 > 0.5) and 3 (tie) count against item 1; item 0 is excluded -> 2
+    # row 1: items 2, 3 excluded; item 1 ties (0.3) -> 1
+    # row 2: constant scores: all 4 others tie -> 4
+    assert full_positive_rank(scores, positives, excluded).tolist() == [2, 1, 4]
+    nan = torch.tensor([[float("nan"), 1.0, 2.0]])
+    assert full_positive_rank(nan, torch.tensor([0]), torch.tensor([[False, True, False]])).tolist() == [1]
+
+
+def brute_force_ranks(net, users, positives, train_pairs, num_items):
+    ranks = []
+    for u, pos in zip(users.tolist(), positives.tolist()):
+        seen = {i for (v, i) in train_pairs if v == u}
+        s = net(torch.full((num_items,), u), torch.arange(num_items)).tolist()
+        ranks.append(sum(1 for i in range(num_items) if i != pos and i not in seen and s[i] >= s[pos]))
+    return ranks
+
+
+@pytest.mark.parametrize("name", ["neumf", "fusion_per_user", "pop"])
+@pytest.mark.parametrize("max_cells", [I, 3 * I, 10_000])  # one user per chunk .. all at once
+def test_full_ranks_match_brute_force(name, max_cells):
+    torch.manual_seed(1)
+    net = NETS[name]().eval()
+    users = torch.tensor([0, 2, 3, 5, 6])
+    positives = torch.tensor([1, 4, 0, 10, 7])
+    train_users, train_items, _ = batch(30, seed=3)
+    keys = torch.unique(pair_keys(train_users, train_items, I))
+    held_out = set((users * I + positives).tolist())  # a held-out item is never a training item
+    keys = keys[torch.tensor([k not in held_out for k in keys.tolist()])]
+    rows, items = rated_items(keys, users, I)
+    pairs = {(int(k) // I, int(k) % I) for k in keys}
+    assert sorted(zip(users[rows].tolist(), items.tolist())) == sorted(p for p in pairs if p[0] in users.tolist())
+    with torch.no_grad():
+        got = full_ranks(net, users, positives, rows, items, I, max_cells)
+        # the generic path (no score_grid) agrees too
+        plain = full_ranks(lambda u, i: net(u, i), users, positives, rows, items, I, max_cells)
+        expected = brute_force_ranks(net, users, positives, pairs, I)
+    assert got.tolist() == expected and plain.tolist() == expected
+
+
+def test_full_ranking_of_ml100k_size_is_fast():
+    import time
+
+    num_users, num_items = 943, 1682
+    net = NeuMF(num_users, num_items).eval()
+    g = torch.Generator().manual_seed(0)
+    keys = torch.unique(torch.randint(num_users * num_items, (98_000,), generator=g))
+    users = torch.arange(num_users)
+    rows, items = rated_items(keys, users, num_items)
+    with torch.inference_mode():
+        full_ranks(net, users[:10], torch.zeros(10, dtype=torch.long), rows[:0], items[:0], num_items)
+        start = time.process_time()
+        full_ranks(net, users, torch.randint(num_items, (num_users,), generator=g), rows, items, num_items)
+        cpu_seconds = time.process_time() - start
+    # CPU time, not wall time: the test machine may be shared. Summed over threads, so the
+    # bound is loose; about 0.3 s on 2 cores.
+    assert cpu_seconds < 2.0
+
+
+# -- models through the pipeline -------------------------------------------------------------
+
+def read_metrics(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+
+
+def test_pop_reproduces_the_popularity_baseline_exactly(make_cfg):
+    cfg = make_cfg(["model=pop", "trainer.max_epochs=1"], run="pop")
+    train(cfg)
+    m = read_metrics(cfg)
+    assert m["test"] == m["baseline_pop"]["test"]
+    assert m["hparams"]["optimizer"] == "none"
+
+
+def test_test_full_and_oracle_in_metrics(make_cfg):
+    cfg = make_cfg(["model=mf", "trainer.max_epochs=1"], run="mf")
+    train(cfg)
+    m = read_metrics(cfg)
+    ks = {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"}
+    assert set(m["test_full"]) == ks and set(m["oracle"]["test"]) == ks
+    # the full catalogue is harder than 1 + 50 candidates
+    assert m["test_full"]["hr@10"] <= m["test"]["hr@10"]
+    # the oracle ranks the same candidates by the generator's true scores
+    dm, _ = build(cfg)
+    truth = dm.true_scores(dm.eval_users[:, None], dm.test_items)
+    metric = RankingMetrics((5, 10, 20))
+    metric.update(truth)
+    assert m["oracle"]["test"]["hr@10"] == pytest.approx(metric.compute()["hr@10"].item(), abs=1e-6)
+    assert m["oracle"]["test"]["hr@10"] > m["baseline_pop"]["test"]["hr@10"]
+    assert 0 < m["oracle"]["test_full"]["hr@10"] <= m["oracle"]["test"]["hr@10"]
+
+
+def test_full_ranking_can_be_switched_off(make_cfg):
+    cfg = make_cfg(["model=gmf", "trainer.max_epochs=1", "model.full_ranking=false"], run="off")
+    train(cfg)
+    m = read_metrics(cfg)
+    assert "test_full" not in m and "test_full" not in m["oracle"]
+
+
+# -- NeuMF from pre-trained GMF and MLP ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+    """Tiny GMF and MLP checkpoints (one epoch each) and the config that built them."""
+    from tests.conftest import compose_cfg
+
+    root = tmp_path_factory.mktemp("pretrain")
+    paths = {}
+    for model, extra in (("gmf", ["model.net.dim=8"]), ("mlp", ["model.net.layers=[16,8,4]"])):
+        cfg = compose_cfg("train", ["data=tiny", "logger=none", "trainer.max_epochs=1",
+                                    "trainer.enable_progress_bar=false", f"model={model}", *extra],
+                          root / model, data_dir)
+        train(cfg)
+        paths[model] = root / model / "checkpoints" / "best.ckpt"
+    return paths
+
+
+def neumf_cfg(make_cfg, pretrained, *extra, run="neumf"):
+    return make_cfg(["model=neumf_pretrained", "trainer.max_epochs=1",
+                     f"model.net.gmf_ckpt={pretrained['gmf']}", f"model.net.mlp_ckpt={pretrained['mlp']}",
+                     *extra], run=run)
+
+
+def test_neumf_pretrained_copies_towers_and_combines_outputs(make_cfg, pretrained):
+    _, model = build(neumf_cfg(make_cfg, pretrained))
+    net = model.net
+    assert isinstance(net, NeuMF)
+    gmf = torch.load(pretrained["gmf"], weights_only=False)["state_dict"]
+    mlp = torch.load(pretrained["mlp"], weights_only=False)["state_dict"]
+    assert torch.equal(net.gmf.user_emb.weight, gmf["net.user_emb.weight"])
+    assert torch.equal(net.gmf.item_emb.weight, gmf["net.item_emb.weight"])
+    assert torch.equal(net.mlp.user_emb.weight, mlp["net.user_emb.weight"])
+    assert torch.equal(net.mlp.item_emb.weight, mlp["net.item_emb.weight"])
+    for k in ("tower.0.weight", "tower.0.bias", "tower.2.weight", "tower.2.bias"):
+        assert torch.equal(net.mlp.state_dict()[k], mlp[f"net.{k}"])
+    expected_w = torch.cat([0.5 * gmf["net.output.weight"], 0.5 * mlp["net.output.weight"]], dim=1)
+    assert torch.equal(net.output.weight, expected_w)
+    assert torch.allclose(net.output.bias, 0.5 * gmf["net.output.bias"] + 0.5 * mlp["net.output.bias"])
+    # with alpha = 1 NeuMF starts as the trained GMF exactly
+    _, gmf_only = build(neumf_cfg(make_cfg, pretrained, "model.net.alpha=1.0", run="alpha1"))
+    g = GMF(net.gmf.user_emb.num_embeddings, net.gmf.item_emb.num_embeddings, dim=8)
+    g.load_state_dict({k[4:]: v for k, v in gmf.items() if k.startswith("net.")})
+    users, items, _ = batch(20)
+    with torch.no_grad():
+        assert torch.allclose(gmf_only.net(users, items), g(users, items), atol=1e-6)
+    assert isinstance(model.optimizer_factory(params=[torch.zeros(1, requires_grad=True)]), torch.optim.SGD)
+
+
+def test_neumf_pretrained_trains_and_evaluates_without_its_sources(make_cfg, pretrained, tmp_path):
+    cfg = neumf_cfg(make_cfg, pretrained, run="train-pre")
+    train(cfg)
+    m = read_metrics(cfg)
+    assert m["model"] == "neumf_pretrained" and 0 <= m["test"]["hr@10"] <= 1
+    # the checkpoint stores the plain architecture, so evaluation needs no pre-training files
+    ckpt = Path(cfg.paths.output_dir) / m["checkpoint"]
+    stored = torch.load(ckpt, weights_only=False)
+    assert stored["flixrec_config"]["model"]["net"]["_target_"] == "flixrec.models.nets.NeuMF"
+    assert stored["flixrec_built_from"]["gmf_ckpt"] == str(pretrained["gmf"])
+    moved = {k: v.rename(v.with_suffix(".moved")) for k, v in pretrained.items()}
+    try:
+        eval_cfg = make_cfg([f"ckpt_path={ckpt}"], config_name="evaluate", run="eval-pre")
+        evaluate(eval_cfg)
+    finally:
+        for k, v in moved.items():
+            v.rename(pretrained[k])
+    e = read_metrics(eval_cfg)
+    assert e["test"] == m["test"] and e["test_full"] == m["test_full"]
+
+
+@pytest.mark.parametrize("override, message", [
+    (["seed=7"], "seed=42"),
+    (["model.net.gmf_dim=16"], "gmf_dim=16"),
+    (["model.net.mlp_layers=[64,32]"], "mlp_layers"),
+    (["data.generate.num_users=100"], "num_users"),
+])
+def test_neumf_pretrained_rejects_mismatched_checkpoints(make_cfg, pretrained, override, message):
+    with pytest.raises(Exception) as err:
+        build(neumf_cfg(make_cfg, pretrained, *override, run="bad"))
+    cause = err.value.__cause__ or err.value
+    assert isinstance(cause, ConfigError) and message in str(cause)
+
+
+def test_neumf_pretrained_names_missing_or_swapped_checkpoints(make_cfg, pretrained):
+    cfg = make_cfg(["model=neumf_pretrained"], run="missing")
+    with pytest.raises(Exception, match="model.net.gmf_ckpt is not set"):
+        build(cfg)
+    swapped = make_cfg(["model=neumf_pretrained", f"model.net.gmf_ckpt={pretrained['mlp']}",
+                        f"model.net.mlp_ckpt={pretrained['gmf']}"], run="swapped")
+    with pytest.raises(Exception, match="not of GMF"):
+        build(swapped)
+
+
+@pytest.mark.slow
+def test_neumf_pretrain_experiment_runs_all_three_steps(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "experiment=neumf_pretrain", "data=tiny", "logger=none",
+         "trainer.max_epochs=1", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
+    assert set(runs) == {"gmf_seed42", "mlp_seed42", "neumf_pretrained_seed42"}
+    assert runs["neumf_pretrained_seed42"]["hparams"]["net.gmf_ckpt"] == \
+        str(sweep / "gmf_seed42" / "checkpoints" / "best.ckpt")
