@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch import Tensor
 
@@ -66,7 +67,7 @@ def kill_when_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout: flo
 
 # Child prelude: argv[1] is the `ready` file; `stall` is the half-write followed by the wait.
 STALL = """
-    import os, sys, time
+    import sys, time
     from pathlib import Path
 
     READY = Path(sys.argv[1])
@@ -214,12 +215,12 @@ def test_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path, data_dir, 
     proc = start_child(CHECKPOINT_CHILD, ready, json.dumps(overrides), run, data_dir, log=log)
     kill_when_ready(proc, ready, log)
     ckpts = run / "checkpoints"
-    assert list(ckpts.glob(".last.ckpt.tmp-*")), "the kill did not land inside the checkpoint write"
     # every file named *.ckpt is whole; last.ckpt is still the one of the first epoch
     for path in ckpts.glob("*.ckpt"):
         torch.load(path, map_location="cpu", weights_only=False)
     last = ckpts / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+    assert list(ckpts.glob(".last.ckpt.tmp-*")), "the kill did not land inside the checkpoint write"
     # and the run resumes from it
     cfg = make_cfg(["model=gmf", f"ckpt_path={last}"], run="resumed")
     train(cfg)
@@ -352,45 +353,66 @@ def test_gpu_out_of_memory_suggests_smaller_batches(make_cfg, capsys, monkeypatc
 # 4. configuration errors
 
 
-def test_cli_configuration_errors_are_one_readable_message(tmp_path, data_dir):
-    cases = {  # overrides -> what the message must say
-        "model=nosuch": ["Could not find 'model/nosuch'", "gmf", "neumf"],
-        "data=nosuch": ["Could not find 'data/nosuch'", "netflix", "tiny"],
-        "trainer=nosuch": ["Could not find 'trainer/nosuch'", "cpu", "gpu"],
-        "model.net.dimm=3": ["model.net.dimm", "Key 'dimm' is not in struct"],
-        f"data=netflix data.root={tmp_path / 'missing'}": [str(tmp_path / "missing"),
-                                                           "combined_data_1.txt"],
-    }
-    procs = {case: subprocess.Popen(
-        [sys.executable, "train.py", *case.split(), f"paths.data_dir={data_dir}",
-         f"hydra.run.dir={tmp_path / str(i)}", "logger=none"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i, case in enumerate(cases)}
-    for case, proc in procs.items():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode != 0, case
-        assert "Traceback" not in err, (case, err)
-        for words in cases[case]:
-            assert words in err, (case, words, err)
+def run_train_py(argv: list[str], monkeypatch) -> None:
+    """`python train.py argv...`, in this process: Hydra parses, composes and reports errors
+    exactly as on the command line, without another interpreter start-up."""
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    try:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
 
 
-def test_impossible_values_fail_before_training(tmp_path, make_cfg, capsys):
+@pytest.mark.parametrize("override, words", [
+    ("model=nosuch", ["Could not find 'model/nosuch'", "Available options in 'model'", "gmf", "neumf"]),
+    ("data=nosuch", ["Could not find 'data/nosuch'", "Available options in 'data'", "netflix", "tiny"]),
+    ("trainer=nosuch", ["Could not find 'trainer/nosuch'", "Available options in 'trainer'", "cpu", "gpu"]),
+    ("model.net.dimm=3", ["Could not override 'model.net.dimm'", "Key 'dimm' is not in struct"]),
+    ("trainer.max_epoch=3", ["Could not override 'trainer.max_epoch'", "Key 'max_epoch' is not in struct"]),
+])
+def test_unknown_names_and_misspelt_keys_are_rejected(override, words, tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exc:
+        run_train_py([override, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "run").exists()  # rejected before the run started
+
+
+def test_cli_missing_data_root_is_one_message_without_traceback(tmp_path):
+    missing = tmp_path / "missing"
+    proc = subprocess.run([sys.executable, "train.py", "data=netflix", f"data.root={missing}",
+                           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    message = [line for line in proc.stderr.splitlines() if line.startswith("flixrec: error:")]
+    assert len(message) == 1 and str(missing) in message[0] and "combined_data_1.txt" in message[0]
+
+
+IMPOSSIBLE = [  # overrides -> what the message says; {tmp}: the test's temporary directory
+    (["data.num_negatives=0"], ["data.num_negatives=0", "at least 1"]),
+    (["data.num_test_negatives=299"], ["data.num_test_negatives=299", "not rated"]),
+    (["data.num_test_negatives=50", "model.ks=[5,10,60]"],
+     ["model.ks=[5, 10, 60]", "K=60", "51 candidates"]),
+    (["data/subset=date_window", "data.subset.start=2030-01-01"], ["leaves no users", "2030-01-01"]),
+    (["data=netflix", "data.root={tmp}/missing"], ["{tmp}/missing", "combined_data_1.txt"]),
+    (["data=netflix", "data.root={tmp}/empty"], ["no Netflix rating files", "combined_data_1.txt"]),
+    (["data=ml-100k", "data.root={tmp}/empty"], ["{tmp}/empty", "u.data"]),
+    (["+model.net.dimm=3"], ["could not build", "unexpected keyword argument 'dimm'"]),
+]
+
+
+@pytest.mark.parametrize("overrides, words", IMPOSSIBLE, ids=[" ".join(o) for o, _ in IMPOSSIBLE])
+def test_impossible_values_fail_before_training(overrides, words, tmp_path, make_cfg, capsys):
     (tmp_path / "empty").mkdir()
-    cases = [  # overrides -> what the message must say
-        (["data.num_negatives=0"], ["data.num_negatives=0", "at least 1"]),
-        (["data.num_test_negatives=299"], ["data.num_test_negatives=299", "not rated"]),
-        (["data.num_test_negatives=50", "model.ks=[5,10,60]"], ["model.ks=[5, 10, 60]", "K=60", "51 candidates"]),
-        (["data/subset=date_window", "data.subset.start=2030-01-01"], ["leaves no users", "2030-01-01"]),
-        (["data=netflix", f"data.root={tmp_path / 'missing'}"], [str(tmp_path / "missing"), "combined_data_1.txt"]),
-        (["data=netflix", f"data.root={tmp_path / 'empty'}"], ["no Netflix rating files", "combined_data_1.txt"]),
-        (["data=ml-100k", f"data.root={tmp_path / 'empty'}"], ["u.data"]),
-    ]
-    for i, (overrides, words) in enumerate(cases):
-        cfg = make_cfg(overrides, run=f"bad{i}")
-        err = expect_user_error(train, cfg, capsys)
-        for w in words:
-            assert w in err, (overrides, w, err)
-        assert not (Path(cfg.paths.output_dir) / "checkpoints").exists(), overrides
+    cfg = make_cfg([o.format(tmp=tmp_path) for o in overrides])
+    err = expect_user_error(train, cfg, capsys)
+    for w in words:
+        assert w.format(tmp=tmp_path) in err, (w, err)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -349,3 +349,14 @@ def test_real_ml100k_splits(make_cfg):
         == (108, 192, 1, 642)
     top = TopUsers(n_users=100)(dm.table)
     assert top.num_users == 100 and np.bincount(top.users).min() >= 200  # ml-100k's heavy raters
+
+
+def test_hashed_membership_matches_isin():
+    from flixrec.data.split import _in_sorted, _sorted_unique
+
+    rng = np.random.default_rng(0)
+    members = _sorted_unique(rng.integers(0, 10**10, 5000))
+    queries = np.concatenate([rng.choice(members, 3000), rng.integers(-1, 10**10, 50_000), [-1]])
+    assert np.array_equal(_in_sorted(queries, members), np.isin(queries, members))
+    assert not _in_sorted(queries, members[:0]).any()
+    assert np.array_equal(_sorted_unique(np.array([3, 1, 3, 2, 1])), [1, 2, 3])

@@ -39,8 +39,8 @@ def rank_gains(rank: Tensor, k: int) -> tuple[Tensor, Tensor]:
 class RankingMetrics(Metric):
     """HR@k, NDCG@k for each k in `ks`, and MRR, accumulated over batches of candidate scores.
 
-    `update(scores)` takes (B, C) scores (column 0 held out) or precomputed (B,) ranks via
-    `update_ranks`. States are sums, reduced by summation across processes, so the result is exact
+    `update(scores)` takes (B, C) scores (column 0 held out), `update(ranks=...)` precomputed
+    (B,) ranks (e.g. from `full_positive_rank`). States are sums, reduced by summation across processes, so the result is exact
     under DDP whatever the batch split. `compute()` returns {"hr@10": ..., "ndcg@10": ..., "mrr": ...}.
     """
 
@@ -54,8 +54,10 @@ class RankingMetrics(Metric):
         self.add_state("rr", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, scores: Tensor) -> None:
-        self.update_ranks(positive_rank(scores))
+    def update(self, scores: Tensor | None = None, ranks: Tensor | None = None) -> None:
+        """Add a batch: (B, C) candidate `scores` (column 0 held out), or 0-based `ranks` (B,)
+        computed elsewhere (full ranking). Through `update`, torchmetrics knows it was called."""
+        self.update_ranks(positive_rank(scores) if ranks is None else ranks)
 
     def update_ranks(self, rank: Tensor) -> None:
         for j, k in enumerate(self.ks):

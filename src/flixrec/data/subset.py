@@ -33,13 +33,14 @@ log = logging.getLogger(__name__)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-@dataclass
-class Full:
-    """All ratings (at or above `min_rating`, when given). The default option."""
+@dataclass(kw_only=True)
+class Subset:
+    """Base of the options: applies `min_rating`, then the option's `select`, then takes the
+    rows. `min_rating` None keeps every rating; otherwise ratings below it are dropped."""
 
     min_rating: float | None = None
 
-    option: ClassVar[str] = "full"
+    option: ClassVar[str] = "subset"
 
     def __call__(self, table: Ratings) -> Ratings:
         """The subset of `table` (ids re-densified by `Ratings.take`); `table` itself when every
@@ -55,7 +56,7 @@ class Full:
 
     def select(self, table: Ratings, keep: np.ndarray | None) -> np.ndarray | None:
         """Rows to keep: a bool mask (R,) within `keep` (None: every row), or None for all rows.
-        Subclasses narrow it; `Full` keeps `keep` as it is."""
+        Options narrow it; the base keeps `keep` as it is."""
         return keep
 
     def why_empty(self, table: Ratings) -> str:
@@ -78,26 +79,31 @@ class Full:
         return keep
 
 
+@dataclass(kw_only=True)
+class Full(Subset):
+    """All ratings (at or above `min_rating`, when given). The default option."""
+
+    option: ClassVar[str] = "full"
+
+
 def _counts(ids: np.ndarray, keep: np.ndarray | None, n: int) -> np.ndarray:
     """int64 (n,) occurrences of each id among the kept rows."""
     return np.bincount(ids if keep is None else ids[keep], minlength=n)
 
 
-def _check_n(option: Full, n: int) -> None:
+def _check_n(option: Subset, n: int) -> None:
     if n < 1:
         raise ConfigError(f"data/subset={option}: data.subset.n_users={n} must be at least 1")
 
 
-@dataclass
-class SampleUsers(Full):
+@dataclass(kw_only=True)
+class SampleUsers(Subset):
     """`n_users` users drawn uniformly without replacement (numpy PCG64 seeded by `seed`) from
     the users with at least one positive; all their positives are kept. Deterministic for a
     table and seed; with fewer users than `n_users`, every user is kept (and a warning logged)."""
 
     n_users: int = 10000
     seed: int = 0
-    min_rating: float | None = None
-
     option: ClassVar[str] = "sample_users"
 
     def select(self, table: Ratings, keep: np.ndarray | None) -> np.ndarray | None:
@@ -113,14 +119,12 @@ class SampleUsers(Full):
         return rows if keep is None else rows & keep
 
 
-@dataclass
-class TopUsers(Full):
+@dataclass(kw_only=True)
+class TopUsers(Subset):
     """The `n_users` users with the most positives; ties at the boundary go to the lower
     original customer id (dense ids keep id order), so the choice never depends on file order."""
 
     n_users: int = 10000
-    min_rating: float | None = None
-
     option: ClassVar[str] = "top_users"
 
     def select(self, table: Ratings, keep: np.ndarray | None) -> np.ndarray | None:
@@ -138,8 +142,8 @@ class TopUsers(Full):
         return rows if keep is None else rows & keep
 
 
-@dataclass
-class KCore(Full):
+@dataclass(kw_only=True)
+class KCore(Subset):
     """The k-core: the largest set of positives in which every user has at least
     `min_user_ratings` and every movie at least `min_item_ratings`. Found by repeatedly dropping
     the rows of users and movies below their minimum until nothing changes (dropping never helps
@@ -148,8 +152,6 @@ class KCore(Full):
 
     min_user_ratings: int = 5
     min_item_ratings: int = 5
-    min_rating: float | None = None
-
     option: ClassVar[str] = "kcore"
 
     def select(self, table: Ratings, keep: np.ndarray | None) -> np.ndarray | None:
@@ -181,15 +183,13 @@ class KCore(Full):
                 f"(the busiest user has {int(np.bincount(table.users).max(initial=0))})")
 
 
-@dataclass
-class DateWindow(Full):
+@dataclass(kw_only=True)
+class DateWindow(Subset):
     """Ratings dated from `start` to `end`, both inclusive, as `YYYY-MM-DD` strings (None: open
     on that side). Dates are UTC days, whatever the table's time unit."""
 
     start: str | None = None
     end: str | None = None
-    min_rating: float | None = None
-
     option: ClassVar[str] = "date_window"
 
     def select(self, table: Ratings, keep: np.ndarray | None) -> np.ndarray | None:

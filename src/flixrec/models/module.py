@@ -147,7 +147,7 @@ class RecModule(pl.LightningModule):
         self.test_metrics.update(score_candidates(self.net, users, items))
         if self.full_ranking and "seen_rows" in batch:
             self._full_ranked = True
-            self.test_full_metrics.update_ranks(full_ranks(
+            self.test_full_metrics.update(ranks=full_ranks(
                 self.net, users, items[:, 0], batch["seen_rows"], batch["seen_items"],
                 int(batch["num_items"]), self.full_ranking_cells))
 
