@@ -116,7 +116,7 @@ def test_svd_regularization_hand_example():
 
 def test_l2_needs_a_net_with_a_regularization_term():
     with pytest.raises(ConfigError, match="model.l2"):
-        RecModule(GMF(U, I), optimizer=None, l2=0.1)
+        RecModule(Fusion(U, I), optimizer=None, l2=0.1)
     with pytest.raises(ConfigError, match="model.optimizer"):
         RecModule(GMF(U, I), optimizer=None)
     assert not RecModule(Pop(U, I), optimizer=None).automatic_optimization

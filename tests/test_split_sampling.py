@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from flixrec.data.sampling import is_member, pair_keys, sample_candidates, sample_negatives
+from flixrec.data.sampling import (UnratedItems, is_member, pair_keys, sample_candidates,
+                                    sample_negatives)
 from flixrec.data.split import leave_one_out
 from flixrec.errors import ConfigError
 
@@ -114,3 +115,28 @@ def test_training_negatives_avoid_training_positives():
     full_keys = pair_keys(full_u, torch.arange(49), I)
     negs = sample_negatives(torch.zeros(3, dtype=torch.long), 4, full_keys, I, gen)
     assert (negs == 49).all()
+
+
+def test_training_negatives_are_exactly_uniform_over_unrated_items():
+    # rows from empty to one unrated item, with duplicate pairs; a chi-square test per user
+    gen = torch.Generator().manual_seed(0)
+    U, I = 30, 40
+    rated = torch.rand(U, I, generator=gen) < torch.rand(U, 1, generator=gen) * 0.95
+    rated[torch.arange(U), torch.randint(I, (U,), generator=gen)] = False
+    rated[3], rated[3, 17], rated[5] = True, False, False
+    u, i = rated.nonzero(as_tuple=True)
+    index = UnratedItems(pair_keys(torch.cat([u, u[:20]]), torch.cat([i, i[:20]]), I), I)
+    users = torch.arange(U).repeat(2000)
+    negs = index.sample(users, 5, gen)
+    assert negs.shape == (len(users), 5)
+    assert not rated[users[:, None], negs].any()
+    assert (negs[users == 3] == 17).all()
+    counts = torch.zeros(U, I).index_put_((users[:, None].expand_as(negs), negs),
+                                          torch.ones(negs.shape), accumulate=True)
+    free = (~rated).sum(1, keepdim=True)
+    expected = 10_000 / free
+    chi2 = (((counts - expected) ** 2 / expected) * ~rated).sum()
+    dof = int((free - 1).sum())
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5
+    with pytest.raises(ConfigError, match="rated all"):
+        UnratedItems(pair_keys(torch.zeros(I, dtype=torch.long), torch.arange(I), I), I)

@@ -122,7 +122,8 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path, da
     proc = run_cli(["evaluate.py", f"ckpt_path={run / m['checkpoint']}", f"hydra.run.dir={ev}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = json.loads((ev / "metrics.json").read_text())["test"]
-    assert single == pytest.approx(m["test"], abs=1e-6)
+    # metrics.json rounds to 6 places and ranks sum floats in another order: allow 2e-6
+    assert single == pytest.approx(m["test"], abs=2e-6)
 
 
 def test_gpu_trainer_without_gpu_fails_at_once(tmp_path, data_dir):

@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.trainer.states import TrainerFn
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -66,16 +67,23 @@ class ResumableCheckpoint(ModelCheckpoint):
             state["cuda_rng_states"] = torch.cuda.get_rng_state_all()
         return state
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores callbacks (next: load_state_dict) for validate and test with a
+        # ckpt_path as well; only a resumed fit continues the run
+        self._resuming_fit = trainer.state.fn == TrainerFn.FITTING
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
-        if (rng := state.pop("torch_rng_state", None)) is not None:
-            torch.set_rng_state(rng)
-        cuda = state.pop("cuda_rng_states", None)
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        old_dir = state.get("dirpath")
-        if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
-            state = self._carry_over(state)
+        rng, cuda = state.pop("torch_rng_state", None), state.pop("cuda_rng_states", None)
+        if getattr(self, "_resuming_fit", False):
+            self._resuming_fit = False
+            if rng is not None:
+                torch.set_rng_state(rng)
+            if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            old_dir = state.get("dirpath")
+            if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
+                state = self._carry_over(state)
         super().load_state_dict(state)
 
     def _carry_over(self, state: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Negative sampling: fixed evaluation candidates and per-epoch training negatives.
 
 "Has user u rated item i?" is answered for whole batches by encoding pairs as one int64 key
-`u * num_items + i` and binary-searching a sorted key tensor. Sampling is rejection sampling that
-redraws only the offending slots; rows that keep failing (users who rated nearly everything) are
-finished by an exact draw over their unseen items, so no loop can run forever.
+`u * num_items + i` and binary-searching a sorted key tensor. Evaluation candidates (distinct,
+drawn once) use rejection sampling that redraws only the offending slots; rows that keep failing
+(users who rated nearly everything) are finished by an exact draw over their unseen items, so no
+loop can run forever. Training negatives (every step, possibly on a GPU) are drawn exactly by
+`UnratedItems`: a fixed handful of whole-batch ops, no retries and no host round trip.
 """
 
 from __future__ import annotations
@@ -95,26 +97,57 @@ def sample_candidates(users: Tensor, positives: Tensor, seen_keys: Tensor, num_i
     return torch.cat([positives[:, None].long(), negs], dim=1)
 
 
+class UnratedItems:
+    """Draws, per user, items uniformly from those NOT among sorted pair `keys` (e.g. the
+    training positives): exact, with no rejection loop and no host synchronisation, so the same
+    few kernels run on the CPU and on a GPU whatever the density of a user's row.
+
+    The r-th unrated item of user u is r + j, where j counts u's rated items s_0 < s_1 < ...
+    with s_j - j <= r. Stored as one non-decreasing tensor `shifted = keys - position`, that
+    count is a single `searchsorted` for a whole batch (see `sample`). Built once, O(R);
+    duplicate keys are dropped. Raises ConfigError if some user rated every item.
+    """
+
+    def __init__(self, keys: Tensor, num_items: int) -> None:
+        keys = torch.unique_consecutive(keys)
+        self.num_items = num_items
+        self.shifted = keys - torch.arange(len(keys), device=keys.device)
+        # starts[u]: position of user u's first key, for u up to the last user with keys (users
+        # past it are clamped to the end, where they correctly find no rated items)
+        last = int(keys[-1]) // num_items + 1 if len(keys) else 0
+        self.starts = torch.searchsorted(keys, torch.arange(last + 1, device=keys.device) * num_items)
+        if len(keys) and int(self.starts.diff().max()) >= num_items:
+            raise ConfigError(f"a user rated all {num_items} movies: no negatives can be sampled")
+
+    def to(self, device: torch.device | str) -> "UnratedItems":
+        out = UnratedItems.__new__(UnratedItems)
+        out.shifted, out.starts = self.shifted.to(device), self.starts.to(device)
+        out.num_items = self.num_items
+        return out
+
+    def sample(self, users: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """(B, k) int64: for each of `users` (B,), k independent uniform draws (with replacement,
+        as in NCF) from the items that user has not rated. Runs on the device of the index;
+        random (`generator` must live on that device)."""
+        I, dev, last = self.num_items, self.starts.device, len(self.starts) - 1
+        users = users.long().to(dev)
+        lo = self.starts[users.clamp(max=last)]                 # where u's rated items start
+        free = I - (self.starts[(users + 1).clamp(max=last)] - lo)  # u's unrated items, >= 1
+        base = users * I
+        # r uniform in [0, free): a 62-bit draw modulo free (bias < free / 2^62)
+        r = torch.randint(1 << 62, (len(users), k), generator=generator, device=dev) % free[:, None]
+        # keys before u's segment always pass the test and keys after it never do (r < free),
+        # so one search over the whole tensor counts u's rated items below the r-th unrated one
+        j = torch.searchsorted(self.shifted, (base - lo)[:, None] + r, right=True) - lo[:, None]
+        return r + j
+
+
 def sample_negatives(users: Tensor, num_negatives: int, train_keys: Tensor, num_items: int,
                      generator: torch.Generator) -> Tensor:
     """Training negatives: (B, num_negatives) int64 items not among each user's training
-    positives, uniform with replacement (as in NCF). Runs on the device of `users`; random."""
-    negs = torch.randint(num_items, (len(users), num_negatives), generator=generator,
-                         device=users.device)
-    flat_users = users[:, None].expand_as(negs).reshape(-1)
-    flat = negs.view(-1)
-    # each round re-checks only the slots redrawn in the previous one
-    slots = torch.nonzero(is_member(train_keys, flat_users, flat, num_items)).squeeze(1)
-    for _ in range(_MAX_ROUNDS):
-        if slots.numel() == 0:
-            return negs
-        flat[slots] = torch.randint(num_items, (slots.numel(),), generator=generator,
-                                    device=users.device)
-        slots = slots[is_member(train_keys, flat_users[slots], flat[slots], num_items)]
-    rows = torch.unique(torch.div(slots, num_negatives, rounding_mode="floor"))
-    negs[rows] = _exact_unseen(users[rows], num_negatives, train_keys, num_items, generator,
-                               replacement=True)
-    return negs
+    positives (`train_keys`, sorted pair keys), uniform with replacement (as in NCF). One-off
+    convenience over `UnratedItems`, which a training loop builds once and reuses; random."""
+    return UnratedItems(train_keys, num_items).sample(users, num_negatives, generator)
 
 
 def rated_items(keys: Tensor, users: Tensor, num_items: int) -> tuple[Tensor, Tensor]:

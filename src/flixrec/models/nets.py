@@ -34,6 +34,14 @@ def _dense(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
+def row_l2(*rows: Tensor) -> Tensor:
+    """0.5 * sum of squares of each sample's rows, averaged over the batch: float32 scalar.
+
+    `rows` are (B, d) gathered embedding rows. Penalising only the rows a batch touches is the
+    per-sample L2 of SGD matrix factorisation: a row is shrunk each time it is drawn."""
+    return 0.5 * sum(r.float().pow(2).sum(-1) for r in rows).mean()
+
+
 def fp32_output(layer: nn.Linear, x: Tensor) -> Tensor:
     """`layer(x).squeeze(-1)` computed in float32 whatever autocast is active."""
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -60,6 +68,10 @@ class GMF(nn.Module):
         """(B, I) logits of every (user, item) pair: h . (p_u * q_i) + b as one matmul."""
         return _grid_dot(self.user_emb(users), self.item_emb(items), self.output.weight[0]) \
             + self.output.bias.float()
+
+    def regularization(self, users: Tensor, items: Tensor) -> Tensor:
+        """L2 of the embedding rows the batch touches (`row_l2`); scaled by `model.l2`."""
+        return row_l2(self.user_emb(users), self.item_emb(items))
 
 
 def _grid_dot(p: Tensor, q: Tensor, h: Tensor | None = None) -> Tensor:
@@ -115,6 +127,10 @@ class MLP(nn.Module):
         """(B, I) logits of every (user, item) pair."""
         return fp32_output(self.output, self.grid_features(users, items))
 
+    def regularization(self, users: Tensor, items: Tensor) -> Tensor:
+        """L2 of the embedding rows the batch touches (`row_l2`); scaled by `model.l2`."""
+        return row_l2(self.user_emb(users), self.item_emb(items))
+
 
 class NeuMF(nn.Module):
     """Neural matrix factorisation: a GMF and an MLP tower with separate embeddings, their last
@@ -142,6 +158,10 @@ class NeuMF(nn.Module):
         mlp = self.mlp.grid_features(users, items)
         with torch.autocast(device_type=users.device.type, enabled=False):
             return gmf + mlp.float() @ w[self.gmf.out_dim:].float() + self.output.bias.float()
+
+    def regularization(self, users: Tensor, items: Tensor) -> Tensor:
+        """L2 of both towers' embedding rows the batch touches; scaled by `model.l2`."""
+        return self.gmf.regularization(users, items) + self.mlp.regularization(users, items)
 
 
 class MF(nn.Module):
@@ -184,8 +204,7 @@ class MF(nn.Module):
         per-sample update `p += gamma * (e * q - lambda * p)` averaged over a batch of B. The
         global bias is not penalised (it has no row to attach the penalty to).
         """
-        rows = [self.user_emb(users), self.item_emb(items), self.user_bias(users), self.item_bias(items)]
-        return 0.5 * sum(r.float().pow(2).sum(-1) for r in rows).mean()
+        return row_l2(self.user_emb(users), self.item_emb(items), self.user_bias(users), self.item_bias(items))
 
 
 class SVD(MF):
