@@ -3,6 +3,8 @@
     python bench/notebook_baseline.py --root /work/shared/data/ml-100k --epochs 3
     python bench/notebook_baseline.py --root DIR --throughput-steps 300   # samples/s only
     python bench/notebook_baseline.py --root DIR --target-hr 0.63          # time to quality
+    python bench/notebook_baseline.py --root DIR --eval-only [--eval-users N]  # users/s
+    python bench/notebook_baseline.py --netflix DIR --prepare-only         # Netflix data prep
 
 This is the code of the notebook's "Referenced Models" section (NCF_Data, Rating_Dataset, NeuMF,
 `metrics`, the training loop), kept as it was: pandas `apply` re-indexing, leave-one-out by
@@ -37,6 +39,18 @@ What differs from the notebook, and why:
 6. Evaluation runs under `torch.no_grad()` (the notebook kept autograd on): the same values,
    a slightly faster baseline.
 7. Timing hooks, a JSON summary on the last stdout line, and optional data/epoch/step limits.
+
+Netflix data (`--netflix DIR`): the notebook's own preparation, as it ran on the Kaggle files:
+a Python loop over every line of `combined_data_*.txt` that writes `data.csv`, then
+`pd.read_csv`, `pd.to_datetime`, `sort_values('date')`, and `NCF_Data`'s re-indexing,
+leave-one-out split and per-user test negatives (`--prepare-only` stops there: training
+negatives are not part of data preparation). `data.csv` goes to a temporary folder that is
+deleted afterwards.
+
+Full ranking (`--eval-only`): the notebook only ranked 1 + 100 sampled items. Its "full ranking"
+here extends `metrics` the notebook's way, one user per model call: score all items for the
+user, drop the user's training items (a Python set, as `NCF_Data` keeps them), rank the held-out
+item with the same tie rule. It is the reference for flixrec's full-ranking throughput.
 
 Nothing else is optimised: the point is to measure the pipeline the project started from.
 """
@@ -77,6 +91,36 @@ def read_ratings(root: Path) -> pd.DataFrame:
         df = pd.read_csv(root / "ml-100k.inter", sep="\t", header=0)
         df.columns = ["user_id", "item_id", "rating", "timestamp"]
     return df
+
+
+def read_netflix(root: Path, workdir: Path) -> pd.DataFrame:
+    """The notebook's Netflix preparation: rewrite combined_data_*.txt line by line into one
+    CSV (movie id prepended), read it back, parse dates, sort by date. Returns the columns the
+    NCF cells use: user_id, item_id, rating, timestamp."""
+    files = sorted(root.glob("combined_data_*.txt"))
+    csv = workdir / "data.csv"
+    data = open(csv, mode="w")
+    row = list()
+    for file in files:
+        with open(file) as f:
+            for line in f:
+                del row[:]
+                line = line.strip()
+                if line.endswith(":"):
+                    movie_id = line.replace(":", "")
+                else:
+                    row = [x for x in line.split(",")]
+                    row.insert(0, movie_id)
+                    data.write(",".join(row))
+                    data.write("\n")
+    data.close()
+    df = pd.read_csv(csv, sep=",", names=["movie", "user", "rating", "date"])
+    df.date = pd.to_datetime(df.date)
+    df = df.sort_values(by="date")  # the notebook sorted in place (deprecated in pandas 3)
+    columns_titles = ["user", "movie", "rating", "date"]
+    df2 = df.reindex(columns=columns_titles)
+    df2.columns = ["user_id", "item_id", "rating", "timestamp"]
+    return df2
 
 
 class NCF_Data(object):  # noqa: N801 - the notebook's name
@@ -245,6 +289,26 @@ def metrics(model, test_loader, top_k, device):
     return np.mean(HR), np.mean(NDCG)
 
 
+def full_metrics(model, data_obj, top_k, device, max_users=None):
+    """HR@k and NDCG@k of each user's held-out item ranked against ALL items the user did not
+    rate in training, one user per model call (the notebook's `metrics`, extended)."""
+    HR, NDCG = [], []
+    all_items = torch.arange(model.num_items, device=device)
+    seen = dict(zip(data_obj.negatives["user_id"], data_obj.negatives["interacted_items"]))
+    test = data_obj.test_ratings
+    for n, (user, item) in enumerate(zip(test["user_id"], test["item_id"])):
+        if max_users is not None and n >= max_users:
+            break
+        predictions = model(torch.full_like(all_items, int(user)), all_items)
+        mask = torch.zeros(model.num_items, dtype=torch.bool)
+        mask[list(seen[user] - {item})] = True  # training items of the user, not the held-out one
+        mask[int(item)] = True
+        rank = int(((predictions >= predictions[int(item)]) & ~mask).sum())
+        HR.append(1 if rank < top_k else 0)
+        NDCG.append(np.reciprocal(np.log2(rank + 2)) if rank < top_k else 0)
+    return np.mean(HR), np.mean(NDCG), len(HR)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/work/shared/data/ml-100k"))
@@ -264,6 +328,14 @@ def parse_args(argv=None):
                     help="only measure training samples/s over this many steps (after warm-up)")
     ap.add_argument("--warmup-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--netflix", type=Path, default=None,
+                    help="read Kaggle-layout Netflix files from this folder instead of --root")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="stop after data preparation (parse, split, test negatives)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="time sampled and full-ranking evaluation of the untrained model")
+    ap.add_argument("--eval-users", type=int, default=None,
+                    help="--eval-only: rank only this many users (users/s is per user)")
     return ap.parse_args(argv)
 
 
@@ -287,6 +359,26 @@ def throughput(model, loader, optimizer, loss_function, steps: int, warmup: int)
                         "samples_per_s": round(samples / seconds)}
 
 
+def eval_only(args, data_obj, num_users, num_items, t_read) -> dict:
+    """Users/s of the notebook's sampled evaluation and of its per-user full ranking."""
+    test_loader = data_obj.get_test_instance()
+    model = NeuMF(args, num_users, num_items)
+    model.eval()
+    out = {"pipeline": "notebook", "prepare_seconds": round(time.perf_counter() - t_read, 3),
+           "eval_users": len(test_loader), "items": num_items - 1}
+    with torch.no_grad():
+        t = time.perf_counter()
+        metrics(model, test_loader, args.top_k, "cpu")
+        sampled_s = time.perf_counter() - t
+        t = time.perf_counter()
+        _, _, n = full_metrics(model, data_obj, args.top_k, "cpu", args.eval_users)
+        full_s = time.perf_counter() - t
+    out["sampled"] = {"users": len(test_loader), "seconds": round(sampled_s, 3),
+                      "users_per_s": round(len(test_loader) / sampled_s, 1)}
+    out["full"] = {"users": n, "seconds": round(full_s, 3), "users_per_s": round(n / full_s, 1)}
+    return out
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -294,10 +386,25 @@ def main(argv=None) -> dict:
     device = torch.device("cpu")
     seed_everything(args.seed)
     t_read = time.perf_counter()
-    df2 = read_ratings(args.root)
+    phases = {}
+    if args.netflix is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=args.netflix.parent) as tmp:
+            df2 = read_netflix(args.netflix, Path(tmp))
+    else:
+        df2 = read_ratings(args.root)
+    phases["read"] = time.perf_counter() - t_read
     num_users = df2["user_id"].nunique() + 1
     num_items = df2["item_id"].nunique() + 1
     data_obj = NCF_Data(args, df2)
+    phases["split_and_test_negatives"] = time.perf_counter() - t_read - phases["read"]
+    if args.prepare_only:
+        return {"pipeline": "notebook", "ratings": len(df2), "users": num_users - 1,
+                "items": num_items - 1, "prepare_seconds": round(time.perf_counter() - t_read, 3),
+                "phases": {k: round(v, 3) for k, v in phases.items()}}
+    if args.eval_only:
+        return eval_only(args, data_obj, num_users, num_items, t_read)
     train_loader = data_obj.get_train_instance()
     test_loader = data_obj.get_test_instance()
     prepare_s = time.perf_counter() - t_read

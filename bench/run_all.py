@@ -1,0 +1,689 @@
+"""flixrec benchmark suite: every figure next to the notebook's pipeline measured in the same run.
+
+    python bench/run_all.py            # CPU suite (~12 min on 2 cores), writes bench/RESULTS.md
+    python bench/run_all.py --quick    # smaller sizes, fewer rounds (~5 min)
+    python bench/run_all.py --full     # adds 100M synthetic ratings to data preparation
+
+Sections (each runs its work in subprocesses, so imports, caches and memory peaks do not leak
+between measurements):
+
+- throughput: training samples/s (positives + negatives) through the real Lightning path
+  (`flixrec.run.build` + `build_trainer`, `trainer.fit`), timed over a fixed number of steps
+  after warm-up, for every trainable config in conf/model, and for NeuMF at several batch
+  sizes; against `bench/notebook_baseline.py --throughput-steps` (batch 256, same data and
+  model size). Rounds alternate baseline and flixrec; medians are reported.
+- time_to_quality: raw ML-100K files to a validation-selected NeuMF with test HR@10 >= 0.63,
+  through the real CLI (`python train.py data=ml-100k ...`, cold cache), inside the process
+  (`flixrec.run.train` from start to return) and as the whole command; against the baseline's
+  first epoch whose test HR@10 reaches 0.63 (an oracle stop that favours the baseline).
+- data_prep: synthetic Netflix-format ratings (1M, 10M; 100M with --full) prepared by
+  `python train.py data=netflix train=false test=false` (parse, cache, split, candidates), cold
+  and warm cache, time and peak RSS (os.wait4 rusage of that one child); against the notebook's
+  own preparation (`notebook_baseline.py --netflix DIR --prepare-only`).
+- eval: users/s of sampled (1 + 100) and full-ranking evaluation, ML-100K and the 1M synthetic
+  set (17,770 movies), against the notebook's per-user evaluation.
+- parse: `bench/bench_parse.py` (flixrec's reader vs plain pandas), folded in.
+- tradeoff: NeuMF on ML-100K at several batch sizes and learning rates through the CLI
+  (10 epochs): val/test HR@10 against samples/s.
+
+Both pipelines run with OMP_WAIT_POLICY=PASSIVE (flixrec sets it on import; the baseline gets
+it from the environment): on a shared machine, spinning OpenMP threads otherwise make any torch
+loop many times slower, which would flatter flixrec. Generated data and caches live in
+bench/_work/run_all and are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+WORK = BENCH / "_work" / "run_all"
+ML100K = Path(os.environ.get("FLIXREC_ML100K", "/work/shared/data/ml-100k"))
+PY = sys.executable
+TARGET_HR = 0.63
+# The time-to-quality recipe: NeuMF at the model size of conf/model/neumf.yaml, with the batch
+# size and learning rate chosen in the trade-off section (bench/RESULTS.md); validation picks
+# the epoch. Overrides only what differs from the current defaults of conf/.
+TTQ_RECIPE = ["data.batch_size=4096", "model.optimizer.lr=0.01", "trainer.max_epochs=8"]
+TRADEOFF = [(256, 0.001), (1024, 0.001), (1024, 0.003), (4096, 0.003), (4096, 0.01)]
+NETFLIX_USERS, NETFLIX_RATINGS, NETFLIX_MOVIES = 480_189, 100_480_507, 17_770
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# subprocess plumbing
+
+
+def run(cmd: list[str], timeout: float = 1800, cwd: Path = ROOT) -> dict:
+    """Run `cmd`; wall seconds, exit status, peak RSS of that child (MB) and its output."""
+    out_f = WORK / f".out-{os.getpid()}"
+    err_f = WORK / f".err-{os.getpid()}"
+    with open(out_f, "w") as out, open(err_f, "w") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=ENV, stdout=out, stderr=err)
+        deadline = t + timeout
+        while True:  # os.wait4 gives the rusage of this child alone (RUSAGE_CHILDREN would
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # mix all children)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    res = {"wall_s": round(wall, 3), "rc": proc.returncode, "peak_rss_mb": round(usage.ru_maxrss / 1024),
+           "stdout": out_f.read_text(), "stderr": err_f.read_text()}
+    out_f.unlink(), err_f.unlink()
+    if res["rc"] != 0:
+        log(f"FAILED ({res['rc']}): {' '.join(map(str, cmd))}\n{res['stderr'][-2000:]}")
+    return res
+
+
+def last_json(text: str) -> dict | None:
+    """The JSON object a child printed last (one line, or an indented block)."""
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    start = text.find("\n{")
+    try:
+        return json.loads(text[start + 1 if start >= 0 else 0:])
+    except json.JSONDecodeError:
+        return None
+
+
+def child(name: str, args: dict, timeout: float = 1800) -> dict:
+    """Run `run_all.py --child name` with JSON args; its JSON result plus wall and peak RSS."""
+    res = run([PY, __file__, "--child", name, json.dumps(args)], timeout)
+    out = last_json(res["stdout"]) or {"failed": res["stderr"][-1500:]}
+    out.update(wall_s=res["wall_s"], peak_rss_mb=res["peak_rss_mb"])
+    return out
+
+
+def baseline(args: list, timeout: float = 1800) -> dict:
+    res = run([PY, BENCH / "notebook_baseline.py", *args], timeout)
+    out = last_json(res["stdout"]) or {"failed": res["stderr"][-1500:]}
+    out.update(wall_s=res["wall_s"], peak_rss_mb=res["peak_rss_mb"])
+    return out
+
+
+def train_cli(overrides: list[str], run_dir: Path, timed: bool = False, timeout: float = 1800) -> dict:
+    """`python train.py *overrides` (or the same under the inside-timing wrapper); wall, peak
+    RSS and the run's metrics.json."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = [*overrides, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    cmd = [PY, __file__, "--child", "timed_train", json.dumps(args)] if timed else [PY, "train.py", *args]
+    res = run(cmd, timeout)
+    out = {"wall_s": res["wall_s"], "rc": res["rc"], "peak_rss_mb": res["peak_rss_mb"]}
+    if (run_dir / "metrics.json").exists():
+        out["metrics"] = json.loads((run_dir / "metrics.json").read_text())
+    if timed:
+        out.update(last_json(res["stdout"]) or {})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# children: in-process measurements, each in a fresh interpreter
+
+
+def compose_cfg(overrides: list[str], out_dir: Path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.data_dir = str(WORK / "data")
+        cfg.paths.log_dir = str(out_dir.parent)
+        cfg.paths.output_dir = str(out_dir)
+    return cfg
+
+
+def child_throughput(args: dict) -> dict:
+    """Samples/s of `trainer.fit` over `steps` steps after `warmup`, per variant."""
+    import flixrec  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+    import pytorch_lightning as pl
+    import torch
+    from omegaconf import open_dict
+
+    from flixrec.run import build, build_trainer
+
+    class StepTimer(pl.Callback):
+        def __init__(self, warmup: int, steps: int) -> None:
+            self.warmup, self.steps, self.samples, self.t0, self.seconds = warmup, steps, 0, None, None
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if trainer.global_step == self.warmup:
+                self.t0, self.samples = time.perf_counter(), 0
+            elif trainer.global_step == self.warmup + self.steps:
+                self.seconds = time.perf_counter() - self.t0
+                trainer.should_stop = True
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if self.t0 is not None and self.seconds is None:
+                self.samples += len(batch["labels"])
+
+    rows = []
+    for v in args["variants"]:
+        over = [f"data.root={args['root']}", f"data.cache_dir={args['cache']}", "data=ml-100k",
+                "logger=none", "trainer.enable_progress_bar=false", f"model={v['model']}",
+                *([f"data.batch_size={v['batch_size']}"] if v.get("batch_size") else [])]
+        cfg = compose_cfg(over, WORK / "throughput_run")
+        per_step = cfg.data.batch_size * (1 + cfg.data.num_negatives)
+        steps = int(min(400, max(30, args["samples"] // per_step)))
+        with open_dict(cfg):
+            cfg.callbacks = None
+            cfg.trainer.update(limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+                               max_epochs=10_000, max_steps=args["warmup"] + steps + 1)
+        torch.manual_seed(0)
+        dm, model = build(cfg)
+        if not any(p.requires_grad for p in model.parameters()):
+            continue  # nothing to train (pop)
+        timer = StepTimer(args["warmup"], steps)
+        trainer = build_trainer(cfg)
+        trainer.callbacks.append(timer)
+        trainer.fit(model, datamodule=dm)
+        rows.append({"model": v["model"], "batch_size": cfg.data.batch_size,
+                     "samples_per_step": per_step, "steps": steps, "seconds": round(timer.seconds, 3),
+                     "samples_per_s": round(timer.samples / timer.seconds)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"rows": rows, "torch_threads": torch.get_num_threads()}
+
+
+def child_eval(args: dict) -> dict:
+    """Users/s of sampled (val candidates) and full-ranking (test) evaluation of NeuMF."""
+    import flixrec  # noqa: F401
+    import torch
+
+    from flixrec.metrics import RankingMetrics
+    from flixrec.models.module import score_candidates
+    from flixrec.run import build
+
+    cfg = compose_cfg(args["overrides"], WORK / "eval_run")
+    torch.manual_seed(0)
+    dm, model = build(cfg)
+    net = model.net.eval()
+    users = len(dm.eval_users)
+    out = {"users": users, "items": dm.num_items}
+    with torch.no_grad():
+        metric = RankingMetrics((10,))
+        t = time.perf_counter()
+        for batch in dm.val_dataloader():
+            metric.update(score_candidates(net, batch["users"], batch["items"]))
+        metric.compute()
+        sampled = time.perf_counter() - t
+        out["sampled"] = {"users": users, "seconds": round(sampled, 4), "users_per_s": round(users / sampled)}
+        try:
+            from flixrec.models.module import full_ranks
+            how = "flixrec.models.module.full_ranks (score_grid), test batches with seen items"
+        except ImportError:  # older tree: score (users x all items) chunks ourselves
+            full_ranks, how = None, "bench: chunked users x items scoring + metrics.positive_rank"
+        metric = RankingMetrics((10,))
+        t = time.perf_counter()
+        for batch in dm.test_dataloader():
+            if full_ranks is not None:
+                ranks = full_ranks(net, batch["users"], batch["items"][:, 0], batch["seen_rows"],
+                                   batch["seen_items"], batch["num_items"], model.full_ranking_cells)
+            else:
+                ranks = _full_ranks_fallback(net, dm, batch["users"], batch["items"][:, 0])
+            metric.update_ranks(ranks)
+        metric.compute()
+        full = time.perf_counter() - t
+        out["full"] = {"users": users, "seconds": round(full, 4), "users_per_s": round(users / full),
+                       "how": how}
+    return out
+
+
+def _full_ranks_fallback(net, dm, users, positives):
+    import torch
+
+    all_items = torch.arange(dm.num_items)
+    scores = net(users.repeat_interleave(dm.num_items), all_items.repeat(len(users))).view(len(users), -1)
+    excluded = dm.train_seen(users[:, None], all_items[None, :])
+    pos = scores.gather(1, positives[:, None])
+    others = ~excluded
+    others.scatter_(1, positives[:, None], False)
+    return ((scores >= pos) & others).sum(1)
+
+
+def child_timed_train(args: list) -> dict:
+    """`python train.py *args` with `flixrec.run.train` timed from entry (before the first
+    file read) to return (test metrics written)."""
+    import runpy
+
+    import flixrec.run as flixrec_run
+
+    original, timing = flixrec_run.train, {}
+
+    def timed(cfg):
+        t = time.perf_counter()
+        try:
+            return original(cfg)
+        finally:
+            timing["inside_seconds"] = round(time.perf_counter() - t, 3)
+
+    flixrec_run.train = timed
+    sys.argv = ["train.py", *args]
+    runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    return timing
+
+
+def child_generate(args: dict) -> dict:
+    from flixrec.data.synthetic import ensure_synthetic, read_marker
+
+    t = time.perf_counter()
+    root = Path(args.pop("root"))
+    ensure_synthetic(root, **args)
+    return {"seconds": round(time.perf_counter() - t, 2), "stats": (read_marker(root) or {}).get("stats")}
+
+
+CHILDREN = {"throughput": child_throughput, "eval": child_eval, "timed_train": child_timed_train,
+            "generate": child_generate}
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes: list[int]) -> dict:
+    cache = WORK / "cache_ml100k"
+    variants = [{"model": m} for m in models] + \
+               [{"model": "neumf", "batch_size": b} for b in batch_sizes]
+    base_runs, ours_runs = [], []
+    for r in range(rounds):
+        log(f"throughput round {r + 1}/{rounds}: baseline")
+        base_runs.append(baseline(["--root", ML100K, "--throughput-steps", "400", "--warmup-steps", "20"]))
+        log(f"throughput round {r + 1}/{rounds}: flixrec ({len(variants)} variants)")
+        ours_runs.append(child("throughput", {"variants": variants, "root": str(ML100K),
+                                              "cache": str(cache), "samples": samples, "warmup": 10}))
+    base = statistics.median(b["train_samples_per_s"] for b in base_runs if "train_samples_per_s" in b)
+    rows = {}
+    for run_ in ours_runs:
+        for row in run_.get("rows", []):
+            rows.setdefault((row["model"], row["batch_size"]), []).append(row)
+    default_bs = next((bs for (m, bs) in rows if m == "neumf"), None)
+    out = {"baseline_samples_per_s": round(base), "baseline_runs": [b.get("train_samples_per_s") for b in base_runs],
+           "baseline_batch_size": 256, "rounds": rounds, "rows": []}
+    for (m, bs), rs in rows.items():
+        sps = statistics.median(r["samples_per_s"] for r in rs)
+        out["rows"].append({"model": m, "batch_size": bs, "samples_per_step": rs[0]["samples_per_step"],
+                            "samples_per_s": round(sps), "runs": [r["samples_per_s"] for r in rs],
+                            "ratio": ratio(sps, base)})
+    out["torch_threads"] = ours_runs[0].get("torch_threads")
+    # the default batch size is the one the model configs run with when not overridden
+    defaults = [r for r in out["rows"] if r["model"] == "neumf"]
+    out["default_batch_size"] = defaults[0]["batch_size"] if defaults else default_bs
+    return out
+
+
+def section_ttq(rounds: int) -> dict:
+    out = {"target_hr@10": TARGET_HR, "recipe": TTQ_RECIPE, "baseline": [], "flixrec_whole": [],
+           "flixrec_inside": []}
+    common = ["data=ml-100k", f"data.root={ML100K}"]
+    for r in range(rounds):
+        log(f"time to quality round {r + 1}/{rounds}: baseline (stops at test HR@10 >= {TARGET_HR})")
+        b = baseline(["--root", ML100K, "--target-hr", str(TARGET_HR), "--epochs", "8"])
+        out["baseline"].append({k: b.get(k) for k in ("time_to_quality_s", "epochs_to_quality",
+                                                       "wall_s", "best_test_hr@10", "prepare_seconds",
+                                                       "train_samples_per_s", "failed")})
+        for kind, timed in (("flixrec_whole", False), ("flixrec_inside", True)):
+            log(f"time to quality round {r + 1}/{rounds}: flixrec CLI ({kind}, cold cache)")
+            cache = WORK / f"cache_ttq_{kind}"
+            shutil.rmtree(cache, ignore_errors=True)
+            res = train_cli([*common, f"data.cache_dir={cache}", *TTQ_RECIPE], WORK / f"ttq_{kind}", timed)
+            m = res.get("metrics", {})
+            out[kind].append({"wall_s": res["wall_s"], "inside_s": res.get("inside_seconds"),
+                              "rc": res["rc"], "test_hr@10": m.get("test", {}).get("hr@10"),
+                              "val_hr@10": m.get("val", {}).get("hr@10"), "best_epoch": m.get("best_epoch"),
+                              "prepare_seconds": m.get("prepare_seconds"),
+                              "train_seconds": m.get("train_seconds"),
+                              "train_samples_per_s": m.get("train_samples_per_s")})
+            shutil.rmtree(cache, ignore_errors=True)
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    b_inside = med([b["time_to_quality_s"] for b in out["baseline"] if b.get("time_to_quality_s")])
+    b_whole = med([b["wall_s"] for b in out["baseline"] if b.get("time_to_quality_s")])
+    ok = lambda rs: [r for r in rs if (r.get("test_hr@10") or 0) >= TARGET_HR]  # noqa: E731
+    f_whole = med([r["wall_s"] for r in ok(out["flixrec_whole"])])
+    f_inside = med([r["inside_s"] for r in ok(out["flixrec_inside"]) if r.get("inside_s")])
+    out["summary"] = {"baseline_inside_s": b_inside, "baseline_whole_s": b_whole,
+                      "flixrec_inside_s": f_inside, "flixrec_whole_s": f_whole,
+                      "ratio_inside": ratio(b_inside, f_inside), "ratio_whole": ratio(b_whole, f_whole),
+                      "cache": "cold (fresh data.cache_dir per run)"}
+    return out
+
+
+def netflix_params(n: int) -> dict:
+    """bench_parse.py's proportions: Netflix's users x movies, n ratings."""
+    users = max(1000, round(NETFLIX_USERS * n / NETFLIX_RATINGS))
+    return {"num_users": users, "num_items": NETFLIX_MOVIES, "mean_ratings_per_user": n / users, "seed": 0}
+
+
+def section_prep(sizes: list[int], baseline_max: int) -> dict:
+    rows = []
+    for n in sizes:
+        tag = f"{n // 1_000_000}M"
+        root = WORK / f"netflix_{tag}"
+        log(f"data prep {tag}: generate")
+        gen = child("generate", {"root": str(root), **netflix_params(n)}, timeout=3600)
+        cache = WORK / f"cache_{tag}"
+        shutil.rmtree(cache, ignore_errors=True)
+        row = {"ratings": n, "generate_seconds": gen.get("seconds"), "text_mb": round(sum(
+            p.stat().st_size for p in root.glob("combined_data_*.txt")) / 2**20)}
+        for kind in ("cold", "warm"):
+            log(f"data prep {tag}: flixrec ({kind} cache)")
+            res = train_cli(["data=netflix", f"data.root={root}", f"data.cache_dir={cache}", "train=false",
+                             "test=false", "logger=none"], WORK / f"prep_{tag}_{kind}", timeout=3600)
+            m = res.get("metrics", {})
+            row[f"flixrec_{kind}"] = {"prepare_s": m.get("prepare_seconds"), "wall_s": res["wall_s"],
+                                      "peak_rss_mb": res["peak_rss_mb"], "rc": res["rc"]}
+            row["data_stats"] = m.get("data_stats")
+        if n <= baseline_max:
+            log(f"data prep {tag}: notebook baseline")
+            b = baseline(["--netflix", root, "--prepare-only"], timeout=3600)
+            row["baseline"] = {"prepare_s": b.get("prepare_seconds"), "wall_s": b["wall_s"],
+                               "peak_rss_mb": b["peak_rss_mb"], "phases": b.get("phases"),
+                               "failed": b.get("failed")}
+            f = row["flixrec_cold"]
+            row["ratio_prepare_cold"] = ratio(b.get("prepare_seconds"), f["prepare_s"])
+            row["ratio_wall_cold"] = ratio(b["wall_s"], f["wall_s"])
+            row["ratio_wall_warm"] = ratio(b["wall_s"], row["flixrec_warm"]["wall_s"])
+            row["ratio_peak_rss"] = ratio(b["peak_rss_mb"], f["peak_rss_mb"])
+        rows.append(row)
+    return {"rows": rows}
+
+
+def section_eval(synthetic_n: int, baseline_users: int) -> dict:
+    out = {}
+    tag = f"{synthetic_n // 1_000_000}M"
+    sets = {"ml-100k": (["data=ml-100k", f"data.root={ML100K}", f"data.cache_dir={WORK / 'cache_ml100k'}"],
+                        ["--root", ML100K], None)}
+    root = WORK / f"netflix_{tag}"
+    if root.exists():
+        sets[f"synthetic-{tag}"] = (["data=netflix", f"data.root={root}", f"data.cache_dir={WORK / f'cache_{tag}'}"],
+                                    ["--netflix", root], baseline_users)
+    for name, (over, base_args, max_users) in sets.items():
+        log(f"eval {name}: flixrec")
+        ours = child("eval", {"overrides": over + ["logger=none"]})
+        log(f"eval {name}: notebook baseline")
+        base = baseline([*base_args, "--eval-only", *(["--eval-users", str(max_users)] if max_users else [])])
+        row = {"flixrec": ours, "baseline": {k: base.get(k) for k in ("sampled", "full", "failed")}}
+        for kind in ("sampled", "full"):
+            row[f"ratio_{kind}"] = ratio(ours.get(kind, {}).get("users_per_s"),
+                                         (base.get(kind) or {}).get("users_per_s"))
+        out[name] = row
+    return out
+
+
+def section_parse(ratings: int) -> dict:
+    log(f"bench_parse.py --ratings {ratings}")
+    res = run([PY, BENCH / "bench_parse.py", "--ratings", str(ratings)], timeout=3600)
+    out = last_json(res["stdout"]) or {"failed": res["stderr"][-1500:]}
+    runs = {r["job"]: r for r in out.get("runs", [])}
+    if "pandas" in runs and "ours_cold" in runs:
+        out["ratio_cold"] = ratio(runs["pandas"].get("seconds"), runs["ours_cold"].get("seconds"))
+        out["ratio_warm"] = ratio(runs["pandas"].get("seconds"), runs["ours_warm"].get("seconds"))
+        out["ratio_peak_rss"] = ratio(runs["pandas"].get("peak_rss_mb"), runs["ours_cold"].get("peak_rss_mb"))
+    out["wall_s"] = res["wall_s"]
+    return out
+
+
+def section_tradeoff(epochs: int) -> dict:
+    rows = []
+    for bs, lr in TRADEOFF:
+        log(f"tradeoff: batch {bs}, lr {lr}, {epochs} epochs")
+        res = train_cli(["data=ml-100k", f"data.root={ML100K}", f"data.cache_dir={WORK / 'cache_ml100k'}",
+                         "logger=none", f"data.batch_size={bs}", f"model.optimizer.lr={lr}",
+                         f"trainer.max_epochs={epochs}"], WORK / f"tradeoff_{bs}_{lr}")
+        m = res.get("metrics", {})
+        rows.append({"batch_size": bs, "lr": lr, "epochs": epochs, "best_epoch": m.get("best_epoch"),
+                     "val_hr@10": m.get("val", {}).get("hr@10"), "test_hr@10": m.get("test", {}).get("hr@10"),
+                     "test_ndcg@10": m.get("test", {}).get("ndcg@10"),
+                     "train_seconds": m.get("train_seconds"),
+                     "train_samples_per_s": m.get("train_samples_per_s"), "rc": res["rc"]})
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), None)
+    res = run([PY, "-c", "import torch, pytorch_lightning, numpy, pandas; print(torch.__version__, "
+                         "pytorch_lightning.__version__, numpy.__version__, pandas.__version__)"])
+    torch_v, pl_v, np_v, pd_v = (res["stdout"].split() + ["?"] * 4)[:4]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "src", "conf", "train.py"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "mem_mb": mem, "python": platform.python_version(), "torch": torch_v, "lightning": pl_v,
+            "numpy": np_v, "pandas": pd_v, "platform": platform.platform(),
+            "commit": commit + ("+uncommitted" if dirty else ""),
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "loadavg_start": os.getloadavg()}
+
+
+def fmt(x, digits=0) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and digits:
+        return f"{x:,.{digits}f}"
+    return f"{x:,.0f}" if isinstance(x, (int, float)) else str(x)
+
+
+def met(value, target, higher=True) -> str:
+    if value is None:
+        return "not measured"
+    return "**met**" if (value >= target if higher else value <= target) else "**NOT met**"
+
+
+def write_markdown(res: dict, path: Path) -> None:
+    m = res["machine"]
+    L = ["# flixrec benchmark results", "",
+         f"Command: `{res['command']}` (total {res['total_seconds'] / 60:.1f} min)", "",
+         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['mem_mb']:,} MB RAM; "
+         f"{m['platform']}",
+         f"- Versions: Python {m['python']}, torch {m['torch']}, Lightning {m['lightning']}, numpy {m['numpy']}, "
+         f"pandas {m['pandas']}; flixrec at {m['commit']}",
+         f"- Date: {m['date']}; load average at start {m['loadavg_start'][0]:.1f}, at end "
+         f"{res['loadavg_end'][0]:.1f} (the cores are shared: every figure is a ratio against the notebook "
+         f"pipeline measured in the same run, alternating with it)",
+         "- Baseline: `bench/notebook_baseline.py`, the notebook's reference NeuMF pipeline re-implemented "
+         "(its docstring lists the only changes: the evaluation tie rule, Python 3.11's `random.sample`, "
+         "`num_workers=0`, memory of the negative sets, an oracle stop for time to quality). Both sides run "
+         "with `OMP_WAIT_POLICY=PASSIVE`.", ""]
+    head = len(L)
+    targets = []
+    if "throughput" in res:
+        t = res["throughput"]
+        L += ["## Training throughput (ML-100K, samples/s = positives + negatives)", "",
+              f"Baseline: {fmt(t['baseline_samples_per_s'])} samples/s (median of {t['rounds']} rounds: "
+              f"{', '.join(fmt(x) for x in t['baseline_runs'])}), batch 256, per-sample `Dataset`, BCELoss. "
+              f"flixrec: `trainer.fit` through `flixrec.run.build`/`build_trainer`, timed over a fixed number "
+              f"of steps after 10 warm-up steps (negatives sampled in `on_after_batch_transfer`), "
+              f"torch threads {t['torch_threads']}.", "",
+              "| model | batch (positives) | samples/step | samples/s (median) | runs | vs baseline |",
+              "|---|---:|---:|---:|---|---:|"]
+        for r in t["rows"]:
+            L.append(f"| {r['model']} | {r['batch_size']} | {r['samples_per_step']} | {fmt(r['samples_per_s'])} | "
+                     f"{', '.join(fmt(x) for x in r['runs'])} | **{r['ratio']}x** |")
+        neumf = next((r for r in t["rows"] if r["model"] == "neumf"), None)
+        if neumf:
+            targets.append(("NeuMF training at the default batch size "
+                            f"({neumf['batch_size']}) >= 30x baseline", f"{neumf['ratio']}x",
+                            met(neumf["ratio"], 30)))
+        L.append("")
+    if "time_to_quality" in res:
+        q = res["time_to_quality"]
+        s = q["summary"]
+        L += [f"## Time to quality (ML-100K, test HR@10 >= {q['target_hr@10']})", "",
+              f"flixrec: `python train.py data=ml-100k data.root=... data.cache_dir=<fresh> "
+              f"{' '.join(q['recipe'])}` (cold cache; validation HR@10 picks the checkpoint, tested once). "
+              "Inside = `flixrec.run.train` from entry (before the first file read) to return (test metrics "
+              "written); whole = the command's wall time, interpreter start and imports included. "
+              "Baseline: first epoch whose test HR@10 reaches the target (inside: first file read to that "
+              "epoch's metrics; whole: its command until it stops there).", "",
+              "| | inside (s) | whole command (s) | test HR@10 | epochs |", "|---|---:|---:|---:|---:|"]
+        for b in q["baseline"]:
+            L.append(f"| notebook baseline | {fmt(b.get('time_to_quality_s'), 1)} | {fmt(b.get('wall_s'), 1)} | "
+                     f"{fmt(b.get('best_test_hr@10'), 4)} | {b.get('epochs_to_quality')} |")
+        for w, i in zip(q["flixrec_whole"], q["flixrec_inside"]):
+            L.append(f"| flixrec (whole-command run) | | {fmt(w['wall_s'], 1)} | {fmt(w['test_hr@10'], 4)} | "
+                     f"best {w['best_epoch']} |")
+            L.append(f"| flixrec (inside-timed run) | {fmt(i['inside_s'], 1)} | {fmt(i['wall_s'], 1)} | "
+                     f"{fmt(i['test_hr@10'], 4)} | best {i['best_epoch']} |")
+        L += ["", f"Ratios: inside **{s['ratio_inside']}x**, whole command **{s['ratio_whole']}x** "
+                  f"({s['cache']}).", ""]
+        targets.append(("Time to quality, inside the process, >= 10x", f"{s['ratio_inside']}x",
+                        met(s["ratio_inside"], 10)))
+        targets.append(("Time to quality, whole command, >= 5x", f"{s['ratio_whole']}x",
+                        met(s["ratio_whole"], 5)))
+    if "data_prep" in res:
+        L += ["## Data preparation (synthetic Netflix-format ratings: parse, split, candidates)", "",
+              "flixrec: `python train.py data=netflix data.root=DIR train=false test=false` (prepare_seconds "
+              "from metrics.json; wall and peak RSS of the command). Baseline: the notebook's line loop to "
+              "`data.csv`, `read_csv`, `to_datetime`, sort, `NCF_Data` re-index, leave-one-out and test "
+              "negatives.", "",
+              "| ratings | users x movies | flixrec cold: prepare / wall (s), peak RSS (MB) | flixrec warm cache: "
+              "wall (s) | baseline: prepare / wall (s), peak RSS (MB) | prepare ratio | wall ratio (cold) | "
+              "RSS ratio |", "|---:|---|---|---:|---|---:|---:|---:|"]
+        for r in res["data_prep"]["rows"]:
+            ds = r.get("data_stats") or {}
+            c, w, b = r["flixrec_cold"], r["flixrec_warm"], r.get("baseline")
+            bs = f"{fmt(b['prepare_s'], 1)} / {fmt(b['wall_s'], 1)}, {fmt(b['peak_rss_mb'])}" if b else "not run"
+            L.append(f"| {r['ratings']:,} | {fmt(ds.get('users'))} x {fmt(ds.get('items'))} | "
+                     f"{fmt(c['prepare_s'], 1)} / {fmt(c['wall_s'], 1)}, {fmt(c['peak_rss_mb'])} | "
+                     f"{fmt(w['wall_s'], 1)} | {bs} | {r.get('ratio_prepare_cold', 'n/a')}x | "
+                     f"{r.get('ratio_wall_cold', 'n/a')}x | {r.get('ratio_peak_rss', 'n/a')}x |")
+        L.append("")
+    if "eval" in res:
+        L += ["## Evaluation throughput (users/s, untrained NeuMF: speed does not depend on the weights)", "",
+              "Sampled: each user's held-out item and 100 fixed unseen candidates. Full: against every item "
+              "the user did not rate in training. flixrec: its own batches and metrics; baseline: the "
+              "notebook's `metrics` (one 101-row DataLoader batch per user) and its per-user extension to all "
+              "items.", "",
+              "| data | users x items | sampled: flixrec / baseline (users/s) | ratio | full: flixrec / "
+              "baseline (users/s) | ratio | flixrec full ranking, all users (s) |",
+              "|---|---|---|---:|---|---:|---:|"]
+        for name, r in res["eval"].items():
+            f, b = r["flixrec"], r["baseline"]
+            L.append(f"| {name} | {fmt(f.get('users'))} x {fmt(f.get('items'))} | "
+                     f"{fmt(f.get('sampled', {}).get('users_per_s'))} / {fmt((b.get('sampled') or {}).get('users_per_s'))} | "
+                     f"{r['ratio_sampled']}x | {fmt(f.get('full', {}).get('users_per_s'))} / "
+                     f"{fmt((b.get('full') or {}).get('users_per_s'))} | {r['ratio_full']}x | "
+                     f"{fmt(f.get('full', {}).get('seconds'), 3)} |")
+        full_how = next((r["flixrec"].get("full", {}).get("how") for r in res["eval"].values()), None)
+        L += ["", f"Full ranking in flixrec: {full_how}.", ""]
+        ml = res["eval"].get("ml-100k", {}).get("flixrec", {}).get("full", {})
+        targets.append(("Full ranking of all ML-100K users < 1 s", f"{fmt(ml.get('seconds'), 3)} s",
+                        met(ml.get("seconds"), 1.0, higher=False)))
+    if "parse" in res:
+        p = res["parse"]
+        runs = {r["job"]: r for r in p.get("runs", [])}
+        L += [f"## Parsing (bench/bench_parse.py, {p.get('requested_ratings', 0):,} ratings, "
+              f"{p.get('text_mb')} MB of text)", "",
+              "| reader | seconds | peak RSS (MB) |", "|---|---:|---:|"]
+        for job in ("ours_cold", "ours_warm", "pandas"):
+            if job in runs:
+                L.append(f"| {job} | {fmt(runs[job].get('seconds'), 2)} | {fmt(runs[job].get('peak_rss_mb'))} |")
+        L += ["", f"pandas / flixrec: cold cache **{p.get('ratio_cold')}x**, warm cache **{p.get('ratio_warm')}x**, "
+                  f"peak RSS {p.get('ratio_peak_rss')}x.", ""]
+    if "tradeoff" in res:
+        L += ["## Batch size and learning rate (NeuMF, ML-100K, CLI, "
+              f"{res['tradeoff']['rows'][0]['epochs']} epochs, best epoch by val HR@10)", "",
+              "`data.batch_size` counts positives; each brings 4 negatives.", "",
+              "| batch | lr | best epoch | val HR@10 | test HR@10 | test NDCG@10 | train s | samples/s |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in res["tradeoff"]["rows"]:
+            L.append(f"| {r['batch_size']} | {r['lr']} | {r['best_epoch']} | {fmt(r['val_hr@10'], 4)} | "
+                     f"{fmt(r['test_hr@10'], 4)} | {fmt(r['test_ndcg@10'], 4)} | {fmt(r['train_seconds'], 1)} | "
+                     f"{fmt(r['train_samples_per_s'])} |")
+        L.append("")
+    L += ["Raw figures: the JSON printed by the command (also in `bench/results.json`)."]
+    if targets:  # the verdicts go first, after the machine description
+        L[head:head] = ["## Targets", "", "| target | measured | |", "|---|---:|---|",
+                        *[f"| {a} | {b} | {c} |" for a, b, c in targets], ""]
+    path.write_text("\n".join(L) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~5 min)")
+    ap.add_argument("--full", action="store_true", help="also prepare 100M synthetic ratings")
+    ap.add_argument("--only", default="", help="comma-separated sections (throughput,time_to_quality,"
+                                               "data_prep,eval,parse,tradeoff)")
+    ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
+    ap.add_argument("--keep", action="store_true", help="keep bench/_work/run_all")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("args", nargs="?", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(CHILDREN[a.child](json.loads(a.args))), flush=True)
+        return
+    t0 = time.perf_counter()
+    WORK.mkdir(parents=True, exist_ok=True)
+    only = set(filter(None, a.only.split(",")))
+    want = lambda s: not only or s in only  # noqa: E731
+    command = "python bench/run_all.py" + (" --quick" if a.quick else "") + (" --full" if a.full else "") + \
+              (f" --only {a.only}" if a.only else "")
+    res: dict = {"command": command, "machine": machine()}
+    models = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")
+                    if p.stem not in ("pop", "neumf_pretrained"))  # nothing to train / needs checkpoints
+    sizes = [1_000_000] + ([] if a.quick else [10_000_000]) + ([100_480_507] if a.full else [])
+    try:
+        if want("throughput"):
+            res["throughput"] = section_throughput(rounds=2 if a.quick else 3, samples=2_000_000,
+                                                   models=models, batch_sizes=[256, 1024, 4096])
+        if want("time_to_quality"):
+            res["time_to_quality"] = section_ttq(rounds=1)
+        if want("data_prep") or want("eval"):
+            res["data_prep"] = section_prep(sizes if want("data_prep") else sizes[:1],
+                                            baseline_max=10_000_000)
+        if want("eval"):
+            res["eval"] = section_eval(1_000_000, baseline_users=300)
+        if want("parse"):
+            res["parse"] = section_parse(1_000_000 if a.quick else 10_000_000)
+        if want("tradeoff") and not a.quick:
+            res["tradeoff"] = section_tradeoff(epochs=10)
+    finally:
+        if not a.keep:
+            shutil.rmtree(WORK, ignore_errors=True)
+    res["loadavg_end"] = os.getloadavg()
+    res["total_seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(res, indent=1)
+    (BENCH / "results.json").write_text(text + "\n")
+    write_markdown(res, a.out)
+    print(text, flush=True)
+    log(f"wrote {a.out} in {res['total_seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
