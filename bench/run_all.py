@@ -23,6 +23,7 @@ between measurements):
 - eval: users/s of sampled (1 + 100) and full-ranking evaluation, ML-100K and the 1M synthetic
   set (17,770 movies), against the notebook's per-user evaluation.
 - parse: `bench/bench_parse.py` (flixrec's reader vs plain pandas), folded in.
+- profile: `bench/profile_train.py` (where a training step's time goes), folded in.
 - tradeoff: NeuMF on ML-100K at several batch sizes and learning rates through the CLI
   (10 epochs): val/test HR@10 against samples/s.
 
@@ -451,6 +452,15 @@ def section_parse(ratings: int) -> dict:
     return out
 
 
+def section_profile(batch_sizes: list[int | None]) -> dict:
+    rows = []
+    for bs in batch_sizes:
+        log(f"profile: NeuMF, batch {bs or 'default'}")
+        res = run([PY, BENCH / "profile_train.py", *([f"--batch-size={bs}"] if bs else [])], timeout=600)
+        rows.append(last_json(res["stdout"]) or {"failed": res["stderr"][-1500:], "batch_size": bs})
+    return {"rows": rows}
+
+
 def section_tradeoff(epochs: int) -> dict:
     rows = []
     for bs, lr in TRADEOFF:
@@ -616,6 +626,26 @@ def write_markdown(res: dict, path: Path) -> None:
                 L.append(f"| {job} | {fmt(runs[job].get('seconds'), 2)} | {fmt(runs[job].get('peak_rss_mb'))} |")
         L += ["", f"pandas / flixrec: cold cache **{p.get('ratio_cold')}x**, warm cache **{p.get('ratio_warm')}x**, "
                   f"peak RSS {p.get('ratio_peak_rss')}x.", ""]
+    if "profile" in res:
+        L += ["## Profile of a training step (NeuMF, ML-100K; bench/profile_train.py)", "",
+              "Phases per step through Lightning (hooks; sampling = the datamodule's "
+              "`on_after_batch_transfer`), the same steps in a bare PyTorch loop, and the top operators "
+              "of the bare loop (torch.profiler, self CPU time).", "",
+              "| batch | step (ms) | samples/s | sampling | fetch + loop | forward (+ log) | backward | "
+              "optimizer | bare loop (ms) | Lightning overhead | top operators |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in res["profile"]["rows"]:
+            if "phases_ms" not in r:
+                L.append(f"| {r.get('batch_size')} | failed | | | | | | | | | |")
+                continue
+            ph = r["phases_ms"]
+            ops = ", ".join(f"{o['op'].replace('aten::', '')} {o['self_cpu_share']:.0%}"
+                            for o in r["top_ops_bare_loop"][:6])
+            L.append(f"| {r['batch_size']} | {r['lightning_step_ms']:.1f} | {fmt(r['lightning_samples_per_s'])} | "
+                     f"{ph['sampling']:.2f} | {ph['fetch_and_loop']:.2f} | {ph['forward']:.2f} | "
+                     f"{ph['backward']:.2f} | {ph['optimizer']:.2f} | {r['bare_step_ms']:.1f} | "
+                     f"{r['lightning_overhead_share']:.0%} | {ops} |")
+        L.append("")
     if "tradeoff" in res:
         L += ["## Batch size and learning rate (NeuMF, ML-100K, CLI, "
               f"{res['tradeoff']['rows'][0]['epochs']} epochs, best epoch by val HR@10)", "",
@@ -639,7 +669,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~5 min)")
     ap.add_argument("--full", action="store_true", help="also prepare 100M synthetic ratings")
     ap.add_argument("--only", default="", help="comma-separated sections (throughput,time_to_quality,"
-                                               "data_prep,eval,parse,tradeoff)")
+                                               "data_prep,eval,parse,profile,tradeoff)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep bench/_work/run_all")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -671,6 +701,8 @@ def main() -> None:
             res["eval"] = section_eval(1_000_000, baseline_users=300)
         if want("parse"):
             res["parse"] = section_parse(1_000_000 if a.quick else 10_000_000)
+        if want("profile"):
+            res["profile"] = section_profile([None] if a.quick else [None, 4096])
         if want("tradeoff") and not a.quick:
             res["tradeoff"] = section_tradeoff(epochs=10)
     finally:

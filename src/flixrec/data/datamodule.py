@@ -37,20 +37,30 @@ class TrainBatches:
 
     Each epoch draws one permutation seeded by (seed, epoch); with `world_size` > 1 each rank
     takes an equal-length stride of it, so all ranks run the same number of steps.
+
+    With `device` (e.g. the trainer's CUDA device), the training pairs are copied there once,
+    on first iteration, and the permutation and every batch gather run there: batches arrive
+    on the device with no host round trip (Lightning's transfer is then a no-op). The order
+    then comes from that device's generator, so it differs from a CPU run with the same seed.
     """
 
     def __init__(self, users: Tensor, items: Tensor, batch_size: int, seed: int,
-                 epoch: Callable[[], int], rank: int = 0, world_size: int = 1) -> None:
+                 epoch: Callable[[], int], rank: int = 0, world_size: int = 1,
+                 device: torch.device | str | None = None) -> None:
         self.users, self.items = users, items
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.rank, self.world_size = rank, world_size
         self.per_rank = len(users) // world_size
+        self.device = None if device is None else torch.device(device)
 
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, 1, self.epoch()))
+        if self.device is not None and self.users.device != self.device:
+            self.users, self.items = self.users.to(self.device), self.items.to(self.device)
+        gen = torch.Generator(device=self.users.device).manual_seed(
+            derive_seed(self.seed, 1, self.epoch()))
         order = torch.randperm(len(self.users), generator=gen, device=self.users.device)
         order = order[self.rank: self.per_rank * self.world_size: self.world_size]
         for start in range(0, len(order), self.batch_size):
