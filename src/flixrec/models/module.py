@@ -30,6 +30,10 @@ def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tens
     """0-based rank of each user's held-out item among ALL items the user did not rate in
     training (see `metrics.full_positive_rank`; ties count against the held-out item).
 
+    Convention (as in most full-ranking evaluations): only training interactions are masked.
+    Everything else stays a candidate, including the user's validation item and, under the
+    temporal split, their other ratings after the cut: the model never trained on them.
+
     users, positives: (B,) int64; seen_rows, seen_items: (S,) int64, the training items of
     each row, rows ascending (`EvalBatches` provides them). Users are scored in chunks of
     (max_cells // num_items, num_items) score matrices, so memory stays bounded at any scale.
