@@ -53,11 +53,15 @@ WORK = BENCH / "_work" / "run_all"
 ML100K = Path(os.environ.get("FLIXREC_ML100K", "/work/shared/data/ml-100k"))
 PY = sys.executable
 TARGET_HR = 0.63
-# The time-to-quality recipe: NeuMF at the model size of conf/model/neumf.yaml, with the batch
-# size and learning rate chosen in the trade-off section (bench/RESULTS.md); validation picks
-# the epoch. Overrides only what differs from the current defaults of conf/.
-TTQ_RECIPE = ["data.batch_size=4096", "model.optimizer.lr=0.01", "trainer.max_epochs=8"]
-TRADEOFF = [(256, 0.001), (1024, 0.001), (1024, 0.003), (4096, 0.003), (4096, 0.01)]
+# Time-to-quality recipes: NeuMF at the model size of conf/model/neumf.yaml; validation picks
+# the epoch. The first (headline) is the fastest found on ML-100K; the second is the larger
+# batch that trains ~1.35x more samples/s (see the trade-off table). Each reached the target on
+# 3 of 4 seeds (42, 1, 2; not 3) when chosen: 0.63 sits near this model's ceiling on ML-100K.
+TTQ_RECIPES = {"batch 1024, lr 0.005, 5 epochs": ["data.batch_size=1024", "model.optimizer.lr=0.005",
+                                                  "trainer.max_epochs=5"],
+               "batch 4096, lr 0.01, 8 epochs": ["data.batch_size=4096", "model.optimizer.lr=0.01",
+                                                 "trainer.max_epochs=8"]}
+TRADEOFF = [(256, 0.001), (1024, 0.001), (1024, 0.005), (4096, 0.003), (4096, 0.01)]
 NETFLIX_USERS, NETFLIX_RATINGS, NETFLIX_MOVIES = 480_189, 100_480_507, 17_770
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
 
@@ -342,8 +346,7 @@ def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes
 
 
 def section_ttq(rounds: int) -> dict:
-    out = {"target_hr@10": TARGET_HR, "recipe": TTQ_RECIPE, "baseline": [], "flixrec_whole": [],
-           "flixrec_inside": []}
+    out = {"target_hr@10": TARGET_HR, "baseline": [], "recipes": {}}
     common = ["data=ml-100k", f"data.root={ML100K}"]
     for r in range(rounds):
         log(f"time to quality round {r + 1}/{rounds}: baseline (stops at test HR@10 >= {TARGET_HR})")
@@ -351,29 +354,33 @@ def section_ttq(rounds: int) -> dict:
         out["baseline"].append({k: b.get(k) for k in ("time_to_quality_s", "epochs_to_quality",
                                                        "wall_s", "best_test_hr@10", "prepare_seconds",
                                                        "train_samples_per_s", "failed")})
-        for kind, timed in (("flixrec_whole", False), ("flixrec_inside", True)):
-            log(f"time to quality round {r + 1}/{rounds}: flixrec CLI ({kind}, cold cache)")
-            cache = WORK / f"cache_ttq_{kind}"
-            shutil.rmtree(cache, ignore_errors=True)
-            res = train_cli([*common, f"data.cache_dir={cache}", *TTQ_RECIPE], WORK / f"ttq_{kind}", timed)
-            m = res.get("metrics", {})
-            out[kind].append({"wall_s": res["wall_s"], "inside_s": res.get("inside_seconds"),
-                              "rc": res["rc"], "test_hr@10": m.get("test", {}).get("hr@10"),
-                              "val_hr@10": m.get("val", {}).get("hr@10"), "best_epoch": m.get("best_epoch"),
-                              "prepare_seconds": m.get("prepare_seconds"),
-                              "train_seconds": m.get("train_seconds"),
-                              "train_samples_per_s": m.get("train_samples_per_s")})
-            shutil.rmtree(cache, ignore_errors=True)
+        for name, recipe in TTQ_RECIPES.items():
+            runs = out["recipes"].setdefault(name, {"overrides": recipe, "whole": [], "inside": []})
+            for kind, timed in (("whole", False), ("inside", True)):
+                log(f"time to quality round {r + 1}/{rounds}: flixrec CLI, {name} ({kind}, cold cache)")
+                cache = WORK / "cache_ttq"
+                shutil.rmtree(cache, ignore_errors=True)
+                res = train_cli([*common, f"data.cache_dir={cache}", *recipe], WORK / "ttq_run", timed)
+                m = res.get("metrics", {})
+                runs[kind].append({"wall_s": res["wall_s"], "inside_s": res.get("inside_seconds"),
+                                   "rc": res["rc"], "test_hr@10": m.get("test", {}).get("hr@10"),
+                                   "val_hr@10": m.get("val", {}).get("hr@10"), "best_epoch": m.get("best_epoch"),
+                                   "prepare_seconds": m.get("prepare_seconds"),
+                                   "train_seconds": m.get("train_seconds"),
+                                   "train_samples_per_s": m.get("train_samples_per_s")})
+                shutil.rmtree(cache, ignore_errors=True)
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    ok = lambda rs: [r for r in rs if (r.get("test_hr@10") or 0) >= TARGET_HR]  # noqa: E731
     b_inside = med([b["time_to_quality_s"] for b in out["baseline"] if b.get("time_to_quality_s")])
     b_whole = med([b["wall_s"] for b in out["baseline"] if b.get("time_to_quality_s")])
-    ok = lambda rs: [r for r in rs if (r.get("test_hr@10") or 0) >= TARGET_HR]  # noqa: E731
-    f_whole = med([r["wall_s"] for r in ok(out["flixrec_whole"])])
-    f_inside = med([r["inside_s"] for r in ok(out["flixrec_inside"]) if r.get("inside_s")])
-    out["summary"] = {"baseline_inside_s": b_inside, "baseline_whole_s": b_whole,
-                      "flixrec_inside_s": f_inside, "flixrec_whole_s": f_whole,
-                      "ratio_inside": ratio(b_inside, f_inside), "ratio_whole": ratio(b_whole, f_whole),
-                      "cache": "cold (fresh data.cache_dir per run)"}
+    for name, runs in out["recipes"].items():
+        f_whole = med([r["wall_s"] for r in ok(runs["whole"])])
+        f_inside = med([r["inside_s"] for r in ok(runs["inside"]) if r.get("inside_s")])
+        runs["summary"] = {"flixrec_inside_s": f_inside, "flixrec_whole_s": f_whole,
+                           "ratio_inside": ratio(b_inside, f_inside), "ratio_whole": ratio(b_whole, f_whole)}
+    head = out["recipes"][next(iter(TTQ_RECIPES))]["summary"]
+    out["summary"] = {"baseline_inside_s": b_inside, "baseline_whole_s": b_whole, "headline": next(iter(TTQ_RECIPES)),
+                      **head, "cache": "cold (fresh data.cache_dir per run)"}
     return out
 
 
@@ -546,6 +553,12 @@ def write_markdown(res: dict, path: Path) -> None:
             L.append(f"| {r['model']} | {r['batch_size']} | {r['samples_per_step']} | {fmt(r['samples_per_s'])} | "
                      f"{', '.join(fmt(x) for x in r['runs'])} | **{r['ratio']}x** |")
         neumf = next((r for r in t["rows"] if r["model"] == "neumf"), None)
+        best = max((r for r in t["rows"] if r["model"] == "neumf"), key=lambda r: r["samples_per_s"], default=None)
+        if best:
+            L += ["", f"For scale: the issue quotes the baseline at ~36,000 samples/s on 2 busy cores; this run "
+                      f"measured it at {fmt(t['baseline_samples_per_s'])}. Against 36,000, NeuMF at batch "
+                      f"{best['batch_size']} ({fmt(best['samples_per_s'])} samples/s) would be "
+                      f"{best['samples_per_s'] / 36000:.1f}x."]
         if neumf:
             targets.append(("NeuMF training at the default batch size "
                             f"({neumf['batch_size']}) >= 30x baseline", f"{neumf['ratio']}x",
@@ -555,23 +568,27 @@ def write_markdown(res: dict, path: Path) -> None:
         q = res["time_to_quality"]
         s = q["summary"]
         L += [f"## Time to quality (ML-100K, test HR@10 >= {q['target_hr@10']})", "",
-              f"flixrec: `python train.py data=ml-100k data.root=... data.cache_dir=<fresh> "
-              f"{' '.join(q['recipe'])}` (cold cache; validation HR@10 picks the checkpoint, tested once). "
-              "Inside = `flixrec.run.train` from entry (before the first file read) to return (test metrics "
-              "written); whole = the command's wall time, interpreter start and imports included. "
-              "Baseline: first epoch whose test HR@10 reaches the target (inside: first file read to that "
-              "epoch's metrics; whole: its command until it stops there).", "",
-              "| | inside (s) | whole command (s) | test HR@10 | epochs |", "|---|---:|---:|---:|---:|"]
+              "flixrec: `python train.py data=ml-100k data.root=... data.cache_dir=<fresh> <recipe>` (cold cache, "
+              "default TensorBoard logger; validation HR@10 picks the checkpoint, tested once). Inside = "
+              "`flixrec.run.train` from entry (before the first file read) to return (test metrics written), in "
+              "a second run of the same command under `run_all.py --child timed_train`; whole = the command's "
+              "wall time, interpreter start and imports included. Baseline: first epoch whose test HR@10 "
+              "reaches the target (inside: first file read to that epoch's metrics; whole: its command until "
+              "it stops there).", "",
+              "| | inside (s) | whole command (s) | test HR@10 | epochs | ratio inside | ratio whole |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
         for b in q["baseline"]:
             L.append(f"| notebook baseline | {fmt(b.get('time_to_quality_s'), 1)} | {fmt(b.get('wall_s'), 1)} | "
-                     f"{fmt(b.get('best_test_hr@10'), 4)} | {b.get('epochs_to_quality')} |")
-        for w, i in zip(q["flixrec_whole"], q["flixrec_inside"]):
-            L.append(f"| flixrec (whole-command run) | | {fmt(w['wall_s'], 1)} | {fmt(w['test_hr@10'], 4)} | "
-                     f"best {w['best_epoch']} |")
-            L.append(f"| flixrec (inside-timed run) | {fmt(i['inside_s'], 1)} | {fmt(i['wall_s'], 1)} | "
-                     f"{fmt(i['test_hr@10'], 4)} | best {i['best_epoch']} |")
-        L += ["", f"Ratios: inside **{s['ratio_inside']}x**, whole command **{s['ratio_whole']}x** "
-                  f"({s['cache']}).", ""]
+                     f"{fmt(b.get('best_test_hr@10'), 4)} | {b.get('epochs_to_quality')} (trains at "
+                     f"{fmt(b.get('train_samples_per_s'))} samples/s) | | |")
+        for name, runs in q["recipes"].items():
+            for w, i in zip(runs["whole"], runs["inside"]):
+                L.append(f"| flixrec, {name} (`{' '.join(runs['overrides'])}`) | {fmt(i['inside_s'], 1)} | "
+                         f"{fmt(w['wall_s'], 1)} | {fmt(w['test_hr@10'], 4)} | best {w['best_epoch']} "
+                         f"(trains at {fmt(w.get('train_samples_per_s'))} samples/s) | "
+                         f"**{runs['summary']['ratio_inside']}x** | **{runs['summary']['ratio_whole']}x** |")
+        L += ["", f"Headline ({s['headline']}): inside **{s['ratio_inside']}x**, whole command "
+                  f"**{s['ratio_whole']}x** ({s['cache']}).", ""]
         targets.append(("Time to quality, inside the process, >= 10x", f"{s['ratio_inside']}x",
                         met(s["ratio_inside"], 10)))
         targets.append(("Time to quality, whole command, >= 5x", f"{s['ratio_whole']}x",
@@ -657,7 +674,7 @@ def write_markdown(res: dict, path: Path) -> None:
                      f"{fmt(r['test_hr@10'], 4)} | {fmt(r['test_ndcg@10'], 4)} | {fmt(r['train_seconds'], 1)} | "
                      f"{fmt(r['train_samples_per_s'])} |")
         L.append("")
-    L += ["Raw figures: the JSON printed by the command (also in `bench/results.json`)."]
+    L += ["Raw figures: the JSON printed by the command (also in `bench/results.json`, or next to `--out`)."]
     if targets:  # the verdicts go first, after the machine description
         L[head:head] = ["## Targets", "", "| target | measured | |", "|---|---:|---|",
                         *[f"| {a} | {b} | {c} |" for a, b, c in targets], ""]
@@ -693,7 +710,7 @@ def main() -> None:
             res["throughput"] = section_throughput(rounds=2 if a.quick else 3, samples=2_000_000,
                                                    models=models, batch_sizes=[256, 1024, 4096])
         if want("time_to_quality"):
-            res["time_to_quality"] = section_ttq(rounds=1)
+            res["time_to_quality"] = section_ttq(rounds=1 if a.quick else 2)
         if want("data_prep") or want("eval"):
             res["data_prep"] = section_prep(sizes if want("data_prep") else sizes[:1],
                                             baseline_max=10_000_000)
@@ -711,7 +728,8 @@ def main() -> None:
     res["loadavg_end"] = os.getloadavg()
     res["total_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(res, indent=1)
-    (BENCH / "results.json").write_text(text + "\n")
+    json_path = BENCH / "results.json" if a.out == BENCH / "RESULTS.md" else a.out.with_suffix(".json")
+    json_path.write_text(text + "\n")
     write_markdown(res, a.out)
     print(text, flush=True)
     log(f"wrote {a.out} in {res['total_seconds'] / 60:.1f} min")
