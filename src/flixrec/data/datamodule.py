@@ -122,6 +122,8 @@ class RatingsDataModule(pl.LightningDataModule):
         temporal_fraction: share of ratings, ordered by date, before the temporal cut.
         seed: seeds the split's tie rule, the candidates and the training order and negatives,
             each through its own stream, so candidates do not depend on the model or batch size.
+        batches_on_device: keep the training pairs on the trainer's device and shuffle and slice
+            them there (for GPUs: no host-to-device copy per batch).
     """
 
     def __init__(self, name: str, root: str, reader: Callable[..., Any], on_bad_lines: str = "error",
@@ -130,6 +132,7 @@ class RatingsDataModule(pl.LightningDataModule):
                  split: str = "leave_one_out", num_negatives: int = 4,
                  num_test_negatives: int = 100, batch_size: int = 1024,
                  eval_batch_size: int = 2048, seed: int = 42, min_ratings: int = 3,
+                 batches_on_device: bool = False,
                  temporal_fraction: float = 0.8) -> None:
         super().__init__()
         if num_negatives < 1:
@@ -151,6 +154,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.num_negatives, self.num_test_negatives = num_negatives, num_test_negatives
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.min_ratings = seed, min_ratings
+        self.batches_on_device = batches_on_device
         self.on_bad_lines, self.temporal_fraction = on_bad_lines, temporal_fraction
         self.table: Ratings | None = None
         self._neg_state: tuple | None = None
@@ -222,8 +226,9 @@ class RatingsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> TrainBatches:
         rank, world = self._rank_world()
+        device = self.trainer.strategy.root_device if self.batches_on_device and self.trainer else None
         return TrainBatches(self.train_users, self.train_items, self.batch_size, self.seed,
-                            self._epoch, rank, world)
+                            self._epoch, rank, world, device=device)
 
     def val_dataloader(self) -> EvalBatches:
         return EvalBatches(self.eval_users, self.val_items, self.eval_batch_size, *self._rank_world())
