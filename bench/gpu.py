@@ -24,8 +24,8 @@ What it measures (one JSON object on stdout; bench/GPU_RESULTS.md, or --out):
   variant (fp32; fp32 with TF32 matmuls; bf16-mixed; bf16-mixed with fused Adam; optionally
   `torch.compile`), NeuMF with factor 64 and MLP layers [256, 256, 128, 64], batches of
   209,715 positives = 2^20 samples with 4 negatives each. The training pairs stay on the
-  GPU for the whole run (`TrainBatches(device=...)`): the permutation, the batch gathers, the
-  negatives and the labels are made there, with no host round trip per batch. Reported: the
+  GPU for the whole run (`TrainBatches(device=...)`): the permutation, the batch gathers and the
+  negatives are made there, with no host round trip per batch. Reported: the
   epoch's wall time and steady-state samples/s (steps after the first 10).
 - evaluation: full ranking of every evaluated user (~480k) against all 17,770 movies on the
   GPU (`flixrec.models.module.full_ranks`, score matrices of `--rank-cells` cells), and the
@@ -113,7 +113,7 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.t0 is not None:
-            self.samples += len(batch["labels"])
+            self.samples += batch["items"].numel()
             self.steps += 1
 
     def on_train_epoch_end(self, trainer, module) -> None:

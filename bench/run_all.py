@@ -187,7 +187,7 @@ def child_throughput(args: dict) -> dict:
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             if self.t0 is not None and self.seconds is None:
-                self.samples += len(batch["labels"])
+                self.samples += batch["items"].numel()
 
     rows = []
     for v in args["variants"]:
@@ -241,7 +241,7 @@ def child_eval(args: dict) -> dict:
         out["sampled"] = {"users": users, "seconds": round(sampled, 4), "users_per_s": round(users / sampled)}
         try:
             from flixrec.models.module import full_ranks
-            how = "flixrec.models.module.full_ranks (score_grid), test batches with seen items"
+            how = "flixrec.models.module.full_ranks (items (1, num_items) per chunk), test batches with seen items"
         except ImportError:  # older tree: score (users x all items) chunks ourselves
             full_ranks, how = None, "bench: chunked users x items scoring + metrics.positive_rank"
         metric = RankingMetrics((10,))

@@ -66,7 +66,7 @@ def test_candidates_do_not_depend_on_model_or_batch_size(make_cfg):
     assert not torch.equal(dm_a.test_items, dm_c.test_items)
 
 
-def test_training_batches_carry_negatives_with_labels(make_cfg):
+def test_training_batches_carry_negatives_of_each_positives_user(make_cfg):
     dm = instantiate(make_cfg([]).data, _convert_="partial")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -77,9 +77,10 @@ def test_training_batches_carry_negatives_with_labels(make_cfg):
     dm.trainer = FakeTrainer()
     out = dm.on_after_batch_transfer(batch, 0)
     B, n = len(batch["users"]), dm.num_negatives
-    assert out["users"].shape == out["items"].shape == out["labels"].shape == (B * (1 + n),)
-    assert out["labels"][:B].eq(1).all() and out["labels"][B:].eq(0).all()
-    assert not dm.train_seen(out["users"][B:], out["items"][B:]).any()
+    assert torch.equal(out["users"], batch["users"]) and out["items"].shape == (B, 1 + n)
+    assert torch.equal(out["items"][:, 0], batch["items"])  # column 0: the positive
+    assert dm.train_seen(out["users"], out["items"][:, 0]).all()
+    assert not dm.train_seen(out["users"][:, None], out["items"][:, 1:]).any()
     # a resumed epoch draws the same negatives (the stream is keyed by seed and epoch)
     dm._neg_state = None
     again = dm.on_after_batch_transfer(batch, 0)

@@ -239,8 +239,9 @@ class RatingsDataModule(pl.LightningDataModule):
                            seen_keys=self.train_keys.cpu(), num_items=self.num_items)
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
-        """Training batches gain `num_negatives` negatives per positive and 0/1 labels, sampled
-        on the device the batch lives on; evaluation batches pass through."""
+        """Training batches {"users": (B,), "items": (B,)} of positives become {"users": (B,),
+        "items": (B, 1 + num_negatives)}: each positive in column 0, followed by negatives of
+        its user sampled on the device the batch lives on. Evaluation batches pass through."""
         if self.trainer is None or not self.trainer.training:
             return batch
         users, items = batch["users"], batch["items"]
@@ -250,13 +251,7 @@ class RatingsDataModule(pl.LightningDataModule):
         if getattr(self, "_unrated", (None,))[0] is not keys:
             self._unrated = (keys, UnratedItems(keys, self.num_items))
         negs = self._unrated[1].sample(users, self.num_negatives, self._negative_generator(users.device))
-        n = self.num_negatives
-        return {
-            "users": torch.cat([users, users.repeat_interleave(n)]),
-            "items": torch.cat([items, negs.reshape(-1)]),
-            "labels": torch.cat([torch.ones(len(users), device=users.device),
-                                 torch.zeros(len(users) * n, device=users.device)]),
-        }
+        return {"users": users, "items": torch.cat([items[:, None], negs.view(len(users), -1)], dim=1)}
 
     # -- facts for the rest of the run ------------------------------------------------------
 

@@ -21,8 +21,7 @@ warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `Non
 
 def score_candidates(net: nn.Module, users: Tensor, items: Tensor) -> Tensor:
     """Scores (B, C) float32 of candidate matrix `items` (B, C) for `users` (B,)."""
-    flat_users = users[:, None].expand_as(items).reshape(-1)
-    return net(flat_users, items.reshape(-1)).float().view_as(items)
+    return net(users, items).float()
 
 
 def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tensor,
@@ -47,10 +46,7 @@ def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tens
     for c, start in enumerate(range(0, len(users), chunk)):
         u = users[start:start + chunk]
         n = len(u)
-        if hasattr(net, "score_grid"):
-            scores = net.score_grid(u, all_items).float()
-        else:
-            scores = net(u.repeat_interleave(num_items), all_items.repeat(n)).float().view(n, num_items)
+        scores = net(u, all_items[None]).float()  # one shared item list: see models.nets
         excluded = torch.zeros((n, num_items), dtype=torch.bool, device=users.device)
         lo, hi = bounds[c], bounds[c + 1]
         excluded[seen_rows[lo:hi] - start, seen_items[lo:hi]] = True
@@ -59,11 +55,13 @@ def full_ranks(net: nn.Module, users: Tensor, positives: Tensor, seen_rows: Tens
 
 
 class RecModule(pl.LightningModule):
-    """Trains `net` on batches {"users", "items", "labels"} and evaluates it on candidate
-    batches {"users": (B,), "items": (B, 1+n)} whose column 0 is the held-out item.
+    """Trains and evaluates `net` on batches {"users": (B,), "items": (B, 1+n)}: in training,
+    column 0 is a positive and the rest are its sampled negatives (labels 1, 0, ..., 0); in
+    evaluation, column 0 is the held-out item and the rest are its fixed candidates.
 
     Args:
-        net: a module mapping (users, items) to logits. A net may offer
+        net: a module mapping users (B,) and items (B, m) to logits (B, m) (`models.nets`;
+            full ranking also passes items (1, num_items)). A net may offer
             `regularization(users, items) -> Tensor`, a penalty on the rows a batch touches.
         optimizer: partial taking `params`, e.g. `partial(torch.optim.Adam, lr=1e-3)`; None
             only for a net without trainable parameters (pop), which then trains trivially.
@@ -109,10 +107,13 @@ class RecModule(pl.LightningModule):
         return self.net(users, items)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self.net(batch["users"], batch["items"])
-        loss = binary_cross_entropy_with_logits(logits, batch["labels"])
+        users, items = batch["users"], batch["items"]
+        logits = self.net(users, items)
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        loss = binary_cross_entropy_with_logits(logits, labels)
         if self.l2 > 0:
-            loss = loss + self.l2 * self.net.regularization(batch["users"], batch["items"])
+            loss = loss + self.l2 * self.net.regularization(users, items)
         # on an accelerator, reading the loss every step would stall the device on the host
         if (loss.device.type == "cpu" or batch_idx % 50 == 0) and not torch.isfinite(loss):
             where = "" if loss.device.type == "cpu" else " (checked every 50 steps on this device)"
@@ -123,9 +124,8 @@ class RecModule(pl.LightningModule):
             # nothing to update; the (mock) optimizer step only advances global_step, without
             # which Lightning would write no checkpoint
             self.optimizers().step()
-        self._samples += len(batch["labels"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["labels"]))
+        self._samples += items.numel()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=items.numel())
         return loss
 
     def on_train_epoch_start(self) -> None:

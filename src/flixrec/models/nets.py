@@ -1,15 +1,15 @@
-"""Recommender nets: each maps (users (B,), items (B,)) int64 to logits (B,) float32.
+"""Recommender nets: each maps users (B,) and the items to score for them to float32 logits.
+
+`items` is (B,) (one item per user: logits (B,)), (B, m) (m items per user, e.g. a positive and
+its negatives in training, or the 1 + 100 candidates in evaluation: logits (B, m)), or (1, m)
+(the same m items for every user, e.g. the whole catalogue in full ranking: logits (B, m)).
+Per-user work (the user embeddings, the user half of a first dense layer) is therefore done
+once per user, not once per pair, and a dot product over a shared item list is one matmul.
 
 Conventions of the NCF paper (He et al., 2017): embeddings start from N(0, 0.01), hidden layers
 are ReLU, dense layers are Xavier-initialised with zero bias. The output layer always runs in
 float32, also under mixed precision: bf16 logits would tie many of the 101 candidates, and ties
 count against the held-out item.
-
-Nets may also offer `score_grid(users (B,), items (I,)) -> (B, I)`, the logits of every pair of
-the grid, equal to `forward` on the flattened grid. Full-ranking evaluation uses it when present:
-it computes per-user and per-item parts once (a dot product becomes one matmul, the first MLP
-layer splits into a user half and an item half), which makes scoring a user against the whole
-catalogue several times faster than gathering B x I embedding pairs.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def _dense(n_in: int, n_out: int) -> nn.Linear:
 
 
 def row_l2(*rows: Tensor) -> Tensor:
-    """0.5 * sum of squares of each sample's rows, averaged over the batch: float32 scalar.
+    """0.5 * the squared norm of each kind of row, averaged over the pairs: float32 scalar.
 
-    `rows` are (B, d) gathered embedding rows. Penalising only the rows a batch touches is the
-    per-sample L2 of SGD matrix factorisation: a row is shrunk each time it is drawn."""
-    return 0.5 * sum(r.float().pow(2).sum(-1) for r in rows).mean()
+    `rows` are gathered embedding rows, (B, d) per user or (B, m, d) per pair. A user row
+    shared by the m pairs of its user weighs the same as m copies, so this is the per-sample
+    L2 of SGD matrix factorisation: a row is shrunk each time it is drawn."""
+    return 0.5 * sum(r.float().pow(2).sum(-1).mean() for r in rows)
 
 
 def fp32_output(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -48,7 +49,50 @@ def fp32_output(layer: nn.Linear, x: Tensor) -> Tensor:
         return layer(x.float()).squeeze(-1)
 
 
-class GMF(nn.Module):
+def _dot(p: Tensor, q: Tensor, w: Tensor | None = None) -> Tensor:
+    """(B, m) float32 sum_d w_d p_bd q_bjd, in float32 whatever autocast is active.
+
+    p: (B, D) user rows; q: (B, m, D) or (1, m, D) item rows; w: None, (D,) or (B, D)."""
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        p = p.float() if w is None else p.float() * w.float()
+        if q.shape[0] == 1:
+            return p @ q[0].float().T
+        return (q.float() * p[:, None, :]).sum(-1)  # faster than bmm of B (m x D) @ (D x 1)
+
+
+def _projected_rows(table: nn.Embedding, idx: Tensor, weight: Tensor) -> Tensor:
+    """`F.linear(table(idx), weight)`, shaped (*idx.shape, out), computed the cheaper way: when
+    the batch asks for more rows than the table has, the whole table is projected once and the
+    projected rows are gathered (the same numbers, up to float rounding)."""
+    if idx.numel() > table.num_embeddings:
+        return F.embedding(idx, F.linear(table.weight, weight))
+    return F.linear(table(idx), weight)
+
+
+def _split_linear(layer: nn.Linear, users: Tensor, items: Tensor, user_emb: nn.Embedding,
+                  item_emb: nn.Embedding) -> Tensor:
+    """`layer([p_u; q_j])` for every pair, (B, m, out), where p = user_emb(users) (B,) and
+    q = item_emb(items) (B or 1, m): the user half is applied once per user and broadcast
+    over the pair's items."""
+    d = user_emb.embedding_dim
+    return (_projected_rows(user_emb, users, layer.weight[:, :d]) + layer.bias)[:, None, :] \
+        + _projected_rows(item_emb, items, layer.weight[:, d:])
+
+
+class PairNet(nn.Module):
+    """Base of the nets: `forward` accepts items (B,), (B, m) or (1, m) (module docstring) and
+    calls `scores(users (B,), items (B or 1, m)) -> (B, m)`, which each net defines."""
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        if items.dim() == 1:
+            return self.scores(users, items[:, None]).squeeze(-1)
+        return self.scores(users, items)
+
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class GMF(PairNet):
     """Generalized matrix factorisation: logit = h . (p_u * q_i) + b."""
 
     def __init__(self, num_users: int, num_items: int, dim: int = 32) -> None:
@@ -57,16 +101,9 @@ class GMF(nn.Module):
         self.out_dim = dim
         self.output = _dense(dim, 1)
 
-    def features(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, dim) element-wise product of the user and item factors."""
-        return self.user_emb(users) * self.item_emb(items)
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return fp32_output(self.output, self.features(users, items))
-
-    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, I) logits of every (user, item) pair: h . (p_u * q_i) + b as one matmul."""
-        return _grid_dot(self.user_emb(users), self.item_emb(items), self.output.weight[0]) \
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        # h . (p * q) computed as (h * p) . q: no (B, m, dim) product tensor
+        return _dot(self.user_emb(users), self.item_emb(items), self.output.weight[0]) \
             + self.output.bias.float()
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
@@ -74,14 +111,7 @@ class GMF(nn.Module):
         return row_l2(self.user_emb(users), self.item_emb(items))
 
 
-def _grid_dot(p: Tensor, q: Tensor, h: Tensor | None = None) -> Tensor:
-    """(B, I) float32 sum_d h_d p_bd q_id (h: optional (D,) weights), computed in float32."""
-    with torch.autocast(device_type=p.device.type, enabled=False):
-        p = p.float() if h is None else p.float() * h.float()
-        return p @ q.float().T
-
-
-class MLP(nn.Module):
+class MLP(PairNet):
     """Multi-layer perceptron on [p_u; q_i]; `layers[0]` is the concatenated embedding width."""
 
     def __init__(self, num_users: int, num_items: int, layers: Sequence[int] = (64, 32, 16, 8),
@@ -102,37 +132,26 @@ class MLP(nn.Module):
         self.output = _dense(layers[-1], 1)
 
     def features(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, layers[-1]) last hidden layer."""
-        return self.tower(torch.cat([self.user_emb(users), self.item_emb(items)], dim=-1))
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return fp32_output(self.output, self.features(users, items))
-
-    def grid_features(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, I, layers[-1]) last hidden layer of every pair; the first dense layer is applied
-        to the user and item halves separately and broadcast-added."""
-        p, q = self.user_emb(users), self.item_emb(items)
+        """(B, m, layers[-1]) last hidden layer of every pair; the first dense layer is applied
+        to the user and item halves separately (`_split_linear`)."""
         if len(self.tower) == 0:
-            return torch.cat([p[:, None, :].expand(-1, len(q), -1), q[None].expand(len(p), -1, -1)], -1)
-        first = self.tower[0]
-        half = p.shape[-1]
-        x = (F.linear(p, first.weight[:, :half], first.bias)[:, None, :]
-             + F.linear(q, first.weight[:, half:])[None, :, :])
+            p, q = self.user_emb(users), self.item_emb(items)
+            return torch.cat([p[:, None, :].expand(-1, q.shape[1], -1), q.expand(len(p), -1, -1)], -1)
+        x = _split_linear(self.tower[0], users, items, self.user_emb, self.item_emb)
         for layer in self.tower[1:]:
-            # in place: the (B, I, width) activations are the bulk of full-ranking memory traffic
+            # ReLU in place: the (B, m, width) activations are the bulk of the memory traffic
             x = x.relu_() if isinstance(layer, nn.ReLU) else layer(x)
         return x
 
-    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, I) logits of every (user, item) pair."""
-        return fp32_output(self.output, self.grid_features(users, items))
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        return fp32_output(self.output, self.features(users, items))
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """L2 of the embedding rows the batch touches (`row_l2`); scaled by `model.l2`."""
         return row_l2(self.user_emb(users), self.item_emb(items))
 
 
-class NeuMF(nn.Module):
+class NeuMF(PairNet):
     """Neural matrix factorisation: a GMF and an MLP tower with separate embeddings, their last
     layers concatenated into one output layer."""
 
@@ -147,24 +166,20 @@ class NeuMF(nn.Module):
         self.mlp.output = None
         self.output = _dense(self.gmf.out_dim + self.mlp.out_dim, 1)
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        x = torch.cat([self.gmf.features(users, items), self.mlp.features(users, items)], dim=-1)
-        return fp32_output(self.output, x)
-
-    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, I) logits of every pair; the output layer is linear, so its GMF half is a matmul."""
-        w = self.output.weight[0]
-        gmf = _grid_dot(self.gmf.user_emb(users), self.gmf.item_emb(items), w[:self.gmf.out_dim])
-        mlp = self.mlp.grid_features(users, items)
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        # output([gmf; mlp]) split at the concatenation: the GMF half is a weighted dot product
+        w, g = self.output.weight[0], self.gmf.out_dim
+        gmf = _dot(self.gmf.user_emb(users), self.gmf.item_emb(items), w[:g])
+        mlp = self.mlp.features(users, items)
         with torch.autocast(device_type=users.device.type, enabled=False):
-            return gmf + mlp.float() @ w[self.gmf.out_dim:].float() + self.output.bias.float()
+            return gmf + mlp.float() @ w[g:].float() + self.output.bias.float()
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """L2 of both towers' embedding rows the batch touches; scaled by `model.l2`."""
         return self.gmf.regularization(users, items) + self.mlp.regularization(users, items)
 
 
-class MF(nn.Module):
+class MF(PairNet):
     """Dot-product matrix factorisation with biases (the baseline of Rendle et al., 2020):
     logit = b + b_u + b_i + p_u . q_i, the global bias b only with `global_bias`.
 
@@ -184,21 +199,14 @@ class MF(nn.Module):
         nn.init.zeros_(self.item_bias.weight)
         self.bias = nn.Parameter(torch.zeros(())) if global_bias else None
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
         # float32 throughout: the dot product is the output layer here
-        p, q = self.user_emb(users).float(), self.item_emb(items).float()
-        logits = (p * q).sum(-1) + self.user_bias(users).float().squeeze(-1) \
-            + self.item_bias(items).float().squeeze(-1)
-        return logits + self.bias if self.bias is not None else logits
-
-    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, I) logits of every (user, item) pair, the dot products as one matmul."""
-        logits = _grid_dot(self.user_emb(users), self.item_emb(items)) \
-            + self.user_bias(users).float() + self.item_bias(items).float().T
+        logits = _dot(self.user_emb(users), self.item_emb(items)) \
+            + self.user_bias(users).float() + self.item_bias(items).float().squeeze(-1)
         return logits + self.bias if self.bias is not None else logits
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
-        """Mean over the batch of 0.5 * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2), float32 scalar.
+        """Mean over the pairs of 0.5 * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2), float32 scalar.
 
         With weight lambda, its gradient on a row drawn once is lambda * row / B: the notebook's
         per-sample update `p += gamma * (e * q - lambda * p)` averaged over a batch of B. The
@@ -218,7 +226,7 @@ class SVD(MF):
         super().__init__(num_users, num_items, dim, global_bias, init_std)
 
 
-class Fusion(nn.Module):
+class Fusion(PairNet):
     """The notebook's N3 "Fusion" of an MLP and a GMF term:
 
         h = sigmoid(W1 [p_u; q_i] + b1)              (hidden units, 4 in the notebook)
@@ -226,7 +234,7 @@ class Fusion(nn.Module):
 
     With `per_user_weights` every user has their own W1, b1, w2, b2, as in the notebook; they
     live in embedding tables (a user's W1 is one row of `num_users x 2K*hidden`), so a batch
-    gathers its users' weights and applies them with one batched matmul. Otherwise the hidden
+    gathers its users' weights and applies them with batched matmuls. Otherwise the hidden
     and output layers are shared. w_u starts at 1, so the GMF term starts as p_u * q_i.
     """
 
@@ -253,41 +261,25 @@ class Fusion(nn.Module):
             self.hidden_layer = _dense(2 * dim, hidden)
             self.output = _dense(hidden + dim, 1)
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        p, q = self.user_emb(users), self.item_emb(items)
-        x = torch.cat([p, q], dim=-1)
-        gmf = p * q * self.user_gmf_weight(users)
-        if not self.per_user_weights:
-            h = torch.sigmoid(self.hidden_layer(x))
-            return fp32_output(self.output, torch.cat([h, gmf], dim=-1))
-        w1 = self.hidden_weight(users).view(-1, 2 * self.dim, self.hidden)
-        h = torch.sigmoid(torch.bmm(x.unsqueeze(1), w1).squeeze(1) + self.hidden_bias(users))
-        z = torch.cat([h, gmf], dim=-1).float()
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return (z * self.output_weight(users).float()).sum(-1) + self.output_bias(users).float().squeeze(-1)
-
-    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
-        """(B, I) logits of every (user, item) pair: the hidden layer's user and item halves are
-        computed once each and broadcast-added; the GMF term is a matmul."""
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
         K, H = self.dim, self.hidden
         p, q, w = self.user_emb(users), self.item_emb(items), self.user_gmf_weight(users)
         if self.per_user_weights:
             w1 = self.hidden_weight(users).view(-1, 2 * K, H)
-            pre = (torch.einsum("bd,bdh->bh", p, w1[:, :K]) + self.hidden_bias(users))[:, None, :] \
-                + torch.einsum("id,bdh->bih", q, w1[:, K:])
+            pre = (torch.bmm(p[:, None, :], w1[:, :K]) + self.hidden_bias(users)[:, None, :]) \
+                + torch.matmul(q, w1[:, K:])  # (B, 1, H) + (B, m, H); q (1, m, K) broadcasts
             w2, b2 = self.output_weight(users).float(), self.output_bias(users).float()
         else:
-            layer = self.hidden_layer
-            pre = F.linear(p, layer.weight[:, :K], layer.bias)[:, None, :] + F.linear(q, layer.weight[:, K:])[None]
+            pre = _split_linear(self.hidden_layer, users, items, self.user_emb, self.item_emb)
             w2 = self.output.weight.float().expand(len(users), -1)
             b2 = self.output.bias.float().expand(len(users), 1)
         h = torch.sigmoid(pre)
         with torch.autocast(device_type=users.device.type, enabled=False):
-            gmf = (p.float() * w.float() * w2[:, H:]) @ q.float().T
-            return torch.einsum("bih,bh->bi", h.float(), w2[:, :H]) + gmf + b2
+            hidden = torch.bmm(h.float(), w2[:, :H, None]).squeeze(-1)  # (B, m)
+            return hidden + _dot(p * w, q, w2[:, H:]) + b2
 
 
-class Pop(nn.Module):
+class Pop(PairNet):
     """Most-popular-first: the logit of an item is its training count, whoever the user.
 
     Nothing is trained; the counts are a buffer (saved in checkpoints) handed over at build
@@ -302,8 +294,5 @@ class Pop(nn.Module):
             raise ValueError(f"item_counts has shape {tuple(counts.shape)}, expected ({num_items},)")
         self.register_buffer("item_counts", counts.float())  # exact for counts below 2**24
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.item_counts[items]
-
-    def score_grid(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.item_counts[items][None, :].expand(len(users), -1)
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.item_counts[items].expand(len(users), -1)
