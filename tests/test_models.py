@@ -115,9 +115,30 @@ def test_svd_regularization_hand_example():
     # sample 0: |p|^2 = 5, |q|^2 = 0.5, b_u^2 = 1, b_i^2 = 0 -> 6.5
     # sample 1: |p|^2 = 1, |q|^2 = 9,   b_u^2 = 4, b_i^2 = 1 -> 15
     assert net.regularization(users, items).item() == pytest.approx(0.5 * (6.5 + 15) / 2, abs=1e-6)
+    # grouped: user 0 with items 0 and 1, user 1 with items 1 and 1 -> per pair, as if flattened:
+    # |p|^2 + b_u^2: 6, 6, 5, 5; |q|^2 + b_i^2: 0.5, 10, 10, 10
+    grouped = net.regularization(users, torch.tensor([[0, 1], [1, 1]]))
+    assert grouped.item() == pytest.approx(0.5 * (6 + 6 + 5 + 5 + 0.5 + 10 + 10 + 10) / 4, abs=1e-6)
     # logit = b_u + b_i + p.q, no global bias by default
     assert net(users, items).tolist() == pytest.approx([1 + 0 + 1.5, -2 + 1 + 0])
     assert net.bias is None and MF(3, 4).bias is not None
+
+
+@pytest.mark.parametrize("name", ["gmf", "mlp", "neumf", "mf"])
+def test_regularization_of_a_big_batch_equals_the_mean_over_its_pairs(name):
+    """Batches with more rows than a table take the penalty over the table, weighted by how
+    often each row was drawn: the same value and gradient as gathering every pair's rows."""
+    torch.manual_seed(0)
+    net = NETS[name]()
+    users, items = torch.randint(U, (30,)), torch.randint(I, (30, 5))  # 150 pairs > I, 30 > U
+    flat_users = users.repeat_interleave(5)
+    big = net.regularization(users, items)
+    small = sum(net.regularization(flat_users[k:k + 5], items.reshape(-1)[k:k + 5]) for k in range(0, 150, 5)) / 30
+    torch.testing.assert_close(big, small)
+    grads = torch.autograd.grad(big, list(net.parameters()), allow_unused=True)
+    expected = torch.autograd.grad(small, list(net.parameters()), allow_unused=True)
+    for g, e in zip(grads, expected):
+        assert (g is None) == (e is None) and (g is None or torch.allclose(g, e, atol=1e-7))
 
 
 def test_l2_needs_a_net_with_a_regularization_term():

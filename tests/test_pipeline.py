@@ -147,3 +147,22 @@ def test_train_on_netflix_files_the_generator_did_not_write(tmp_path, make_cfg):
     assert m["data"] == "netflix" and m["data_stats"]["ratings"] == count
     assert m["data_stats"]["users"] == 60 and m["data_stats"]["items"] == 80
     assert 0.0 <= m["test"]["hr@10"] <= 1.0
+
+
+def test_ema_weights_are_validated_checkpointed_and_tested(make_cfg):
+    """callbacks=ema: the epoch is chosen on the averaged weights, and those weights (not the
+    raw ones) are what train.py tests and what evaluate.py reloads."""
+    cfg = make_cfg(["model=gmf", "callbacks=[ema,early_stopping]", "callbacks.ema.decay=0.9",
+                    "trainer.max_epochs=3"], run="ema")
+    train(cfg)
+    m = read_metrics(cfg)
+    run = Path(cfg.paths.output_dir)
+    ckpt = torch.load(run / m["checkpoint"], map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert not torch.equal(averaged["net.user_emb.weight"], raw["net.user_emb.weight"])
+    scores = [s["best_model_score"] for s in ckpt["callbacks"].values() if "best_model_score" in s]
+    assert scores and float(scores[0]) == pytest.approx(m["val"]["hr@10"], abs=1e-6)
+
+    eval_cfg = make_cfg([f"ckpt_path={run / m['checkpoint']}"], config_name="evaluate", run="ema-eval")
+    evaluate(eval_cfg)
+    assert read_metrics(eval_cfg)["test"] == m["test"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 
@@ -30,6 +30,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+class EMAWeights(WeightAveraging):
+    """An exponential moving average of the weights (Lightning's WeightAveraging with the EMA
+    of `torch.optim.swa_utils`), updated after every training step.
+
+    Validation during fitting scores the averaged weights, so the best epoch is chosen on
+    them, and checkpoints store them as the model's `state_dict` (the raw weights ride along
+    for resuming). Outside fitting (validating or testing a checkpoint after `fit`, or
+    `evaluate.py`), the checkpoint's averaged weights are what runs. Lightning's callback would
+    instead restore the raw weights into the model there and test those.
+
+    Args:
+        decay: weight of the old average at each step (0.999: roughly the last 1,000 steps).
+    """
+
+    def __init__(self, decay: float = 0.999) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay {decay} must lie strictly between 0 and 1")
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = decay
+
+    @staticmethod
+    def _fitting(trainer) -> bool:
+        return trainer.state.fn == TrainerFn.FITTING
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._fitting(trainer):
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._fitting(trainer):
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._fitting(trainer):  # resuming: both the average and the raw weights return
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class ResumableCheckpoint(ModelCheckpoint):

@@ -34,13 +34,24 @@ def _dense(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
-def row_l2(*rows: Tensor) -> Tensor:
-    """0.5 * the squared norm of each kind of row, averaged over the pairs: float32 scalar.
+def row_l2(*lookups: tuple[nn.Embedding, Tensor]) -> Tensor:
+    """Sum over (table, idx) lookups of 0.5 * the mean squared norm of the rows `table(idx)`:
+    float32 scalar.
 
-    `rows` are gathered embedding rows, (B, d) per user or (B, m, d) per pair. A user row
-    shared by the m pairs of its user weighs the same as m copies, so this is the per-sample
-    L2 of SGD matrix factorisation: a row is shrunk each time it is drawn."""
-    return 0.5 * sum(r.float().pow(2).sum(-1).mean() for r in rows)
+    `idx` is (B,) per user or (B, m) per pair; a user row shared by the m pairs of its user
+    weighs the same as m copies, so this is the per-sample L2 of SGD matrix factorisation: a
+    row is shrunk each time it is drawn. When a batch asks for more rows than a table has, the
+    penalty is taken over the table weighted by how often each row was drawn (the same value,
+    without gathering the rows a second time)."""
+    total = torch.zeros((), device=lookups[0][1].device)
+    for table, idx in lookups:
+        if idx.numel() > table.num_embeddings:
+            counts = torch.bincount(idx.reshape(-1), minlength=table.num_embeddings)
+            norms = table.weight.float().pow(2).sum(-1)
+            total = total + 0.5 * (counts.float() @ norms) / idx.numel()
+        else:
+            total = total + 0.5 * table(idx).float().pow(2).sum(-1).mean()
+    return total
 
 
 def fp32_output(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -108,7 +119,7 @@ class GMF(PairNet):
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """L2 of the embedding rows the batch touches (`row_l2`); scaled by `model.l2`."""
-        return row_l2(self.user_emb(users), self.item_emb(items))
+        return row_l2((self.user_emb, users), (self.item_emb, items))
 
 
 class MLP(PairNet):
@@ -148,7 +159,7 @@ class MLP(PairNet):
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """L2 of the embedding rows the batch touches (`row_l2`); scaled by `model.l2`."""
-        return row_l2(self.user_emb(users), self.item_emb(items))
+        return row_l2((self.user_emb, users), (self.item_emb, items))
 
 
 class NeuMF(PairNet):
@@ -212,7 +223,7 @@ class MF(PairNet):
         per-sample update `p += gamma * (e * q - lambda * p)` averaged over a batch of B. The
         global bias is not penalised (it has no row to attach the penalty to).
         """
-        return row_l2(self.user_emb(users), self.item_emb(items), self.user_bias(users), self.item_bias(items))
+        return row_l2((self.user_emb, users), (self.item_emb, items), (self.user_bias, users), (self.item_bias, items))
 
 
 class SVD(MF):
