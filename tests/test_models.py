@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from functools import partial
 import sys
 from pathlib import Path
 
@@ -340,3 +341,14 @@ def test_neumf_pretrain_experiment_runs_all_three_steps(tmp_path, data_dir):
     assert set(runs) == {"gmf_seed42", "mlp_seed42", "neumf_pretrained_seed42"}
     assert runs["neumf_pretrained_seed42"]["hparams"]["net.gmf_ckpt"] == \
         str(sweep / "gmf_seed42" / "checkpoints" / "best.ckpt")
+
+
+def test_compiled_training_forward_matches_eager_and_keeps_checkpoint_keys():
+    torch.manual_seed(0)
+    net = NETS["neumf"]().eval()  # no dropout draws: the two must see the same function
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    eager = RecModule(net, optimizer=adam, compile=False)
+    compiled = RecModule(net, optimizer=adam, compile=True)
+    users, items = torch.tensor([0, 3, 6]), torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    torch.testing.assert_close(compiled._train_forward(users, items), eager._train_forward(users, items))
+    assert compiled.state_dict().keys() == eager.state_dict().keys()

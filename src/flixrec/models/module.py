@@ -73,12 +73,14 @@ class RecModule(pl.LightningModule):
             did not rate in training (logged as `test_full/*`), when test batches carry the
             training items.
         full_ranking_cells: size of one full-ranking score matrix (users x items); bounds memory.
+        compile: run the training forward through `torch.compile` (the net itself, its
+            checkpoints and evaluation stay eager). The first steps pay the compilation.
     """
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer] | None,
                  scheduler: Callable[..., Any] | None = None, name: str = "model",
                  ks: Sequence[int] = (5, 10, 20), l2: float = 0.0, full_ranking: bool = True,
-                 full_ranking_cells: int = 1 << 20) -> None:
+                 full_ranking_cells: int = 1 << 20, compile: bool = False) -> None:
         super().__init__()
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name = name
@@ -88,6 +90,8 @@ class RecModule(pl.LightningModule):
             raise ConfigError(f"model.l2={l2}, but {type(net).__name__} has no regularization term; "
                               f"set model.l2=0 (or weight decay in model.optimizer)")
         self.l2, self.full_ranking, self.full_ranking_cells = l2, full_ranking, full_ranking_cells
+        # a compiled bound method, not a compiled module: state_dict keys stay those of the net
+        self._train_forward = torch.compile(net.forward) if compile else net.forward
         # Lightning's loop needs an optimizer; a net with nothing to train steps through the
         # epochs without one (its checkpoints, validation and test work as for any model)
         self.automatic_optimization = any(p.requires_grad for p in net.parameters())
@@ -108,7 +112,7 @@ class RecModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         users, items = batch["users"], batch["items"]
-        logits = self.net(users, items)
+        logits = self._train_forward(users, items)
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
         loss = binary_cross_entropy_with_logits(logits, labels)
