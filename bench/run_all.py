@@ -319,16 +319,28 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def recommended_baseline_args() -> list[str]:
+    """notebook_baseline.py options giving it the model size and negatives of the recommended
+    setting (its batch stays the notebook's 256)."""
+    cfg = compose_cfg([f"experiment={RECOMMENDED}"], WORK / "recommended_cfg")
+    net = cfg.model.net
+    return ["--factor_num", str(net.gmf_dim), "--layers", *map(str, net.mlp_layers),
+            "--num_ng", str(cfg.data.num_negatives)]
+
+
 def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes: list[int]) -> dict:
     cache = WORK / "cache_ml100k"
     variants = [{"model": m} for m in models] + \
                [{"model": "neumf", "batch_size": b} for b in batch_sizes] + \
                [{"model": "neumf", "name": f"neumf, experiment={RECOMMENDED}",
                  "overrides": [f"experiment={RECOMMENDED}"]}]
-    base_runs, ours_runs = [], []
+    base_runs, rec_base_runs, ours_runs = [], [], []
+    steps = ["--root", ML100K, "--throughput-steps", "400", "--warmup-steps", "20"]
     for r in range(rounds):
         log(f"throughput round {r + 1}/{rounds}: baseline")
-        base_runs.append(baseline(["--root", ML100K, "--throughput-steps", "400", "--warmup-steps", "20"]))
+        base_runs.append(baseline(steps))
+        log(f"throughput round {r + 1}/{rounds}: baseline at the size of experiment={RECOMMENDED}")
+        rec_base_runs.append(baseline([*steps, *recommended_baseline_args()]))
         log(f"throughput round {r + 1}/{rounds}: flixrec ({len(variants)} variants)")
         ours_runs.append(child("throughput", {"variants": variants, "root": str(ML100K),
                                               "cache": str(cache), "samples": samples, "warmup": 10}))
@@ -337,6 +349,8 @@ def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes
         for row in run_.get("rows", []):
             rows.setdefault(f"{row['model']}@{row['batch_size']}", []).append(row)
     out = {"baseline_runs": [b.get("train_samples_per_s") for b in base_runs], "baseline_batch_size": 256,
+           "recommended_baseline_runs": [b.get("train_samples_per_s") for b in rec_base_runs],
+           "recommended_baseline_args": recommended_baseline_args(),
            "rounds": rounds, "runs": rows, "torch_threads": ours_runs[0].get("torch_threads")}
     summarize_throughput(out)
     return out
@@ -345,13 +359,17 @@ def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes
 def summarize_throughput(out: dict) -> None:
     """Best of the rounds on each side (another process can only slow a run down)."""
     base = max((x for x in out["baseline_runs"] if x), default=None)
+    rec_base = max((x for x in out.get("recommended_baseline_runs", []) if x), default=None)
     out["baseline_samples_per_s"] = base
+    out["recommended_baseline_samples_per_s"] = rec_base
     out["rows"] = []
     for rs in out["runs"].values():
         sps = max(r["samples_per_s"] for r in rs)
+        # the recommended setting is compared with the baseline at its own model size
+        own = rec_base if rs[0]["model"].startswith("neumf, experiment=") else base
         out["rows"].append({"model": rs[0]["model"], "batch_size": rs[0]["batch_size"],
                             "samples_per_step": rs[0]["samples_per_step"], "samples_per_s": sps,
-                            "runs": [r["samples_per_s"] for r in rs], "ratio": ratio(sps, base)})
+                            "runs": [r["samples_per_s"] for r in rs], "ratio": ratio(sps, own)})
 
 
 def section_ttq(rounds: int) -> dict:
@@ -565,7 +583,12 @@ def write_markdown(res: dict, path: Path) -> None:
               f"{', '.join(fmt(x) for x in t['baseline_runs'])}), batch 256, per-sample `Dataset`, BCELoss. "
               f"flixrec: `trainer.fit` through `flixrec.run.build`/`build_trainer`, timed over a fixed number "
               f"of steps after 10 warm-up steps (negatives sampled in `on_after_batch_transfer`), "
-              f"torch threads {t['torch_threads']}.", "",
+              f"torch threads {t['torch_threads']}."
+              + (f" The row of the recommended setting is compared with the baseline run at that setting's "
+                 f"model size and negatives (`notebook_baseline.py {' '.join(t['recommended_baseline_args'])}`, "
+                 f"batch 256): {fmt(t['recommended_baseline_samples_per_s'])} samples/s (best of "
+                 f"{', '.join(fmt(x) for x in t['recommended_baseline_runs'])})."
+                 if t.get("recommended_baseline_samples_per_s") else ""), "",
               "| model | batch (positives) | samples/step | samples/s (best) | runs | vs baseline |",
               "|---|---:|---:|---:|---|---:|"]
         for r in t["rows"]:
