@@ -47,6 +47,11 @@ def test_sweep_then_compare_groups_runs_by_model(tmp_path, data_dir):
     gmf = [json.loads(p.read_text())["test"]["hr@10"] for p in metrics
            if json.loads(p.read_text())["model"] == "gmf"]
     assert f"{sum(gmf) / 2:.4f}".rstrip("0") in md
+    # the tiny data is synthetic: the oracle row is the ceiling of the same test candidates
+    oracle = {json.loads(p.read_text())["seed"]: json.loads(p.read_text())["oracle"]["test"]["hr@10"]
+              for p in metrics}
+    row = next(line for line in md.splitlines() if "| oracle " in line)
+    assert f"{sum(oracle.values()) / 2:.4f}".rstrip("0") in row and row.rstrip().endswith("|      2 |")
 
 
 def test_failed_sweep_job_is_reported_and_others_survive(tmp_path, data_dir):

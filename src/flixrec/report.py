@@ -34,6 +34,9 @@ def collect_runs(root: Path) -> pd.DataFrame:
         row.update({f"test_full/{k}": v for k, v in m.get("test_full", {}).items()})
         row.update({f"pop/{k}": v for k, v in m.get("baseline_pop", {}).get("test", {}).items()
                     if k in METRICS})
+        for block in ("test", "test_full"):  # the ceiling, on synthetic data
+            row.update({f"oracle_{block}/{k}": v for k, v in m.get("oracle", {}).get(block, {}).items()
+                        if k in METRICS})
         row["train_seconds"] = m.get("train_seconds")
         rows.append(row)
     if not rows:
@@ -42,9 +45,17 @@ def collect_runs(root: Path) -> pd.DataFrame:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and count of the test metrics per (data, model)."""
+    """Mean, standard deviation and count of the test metrics per (data, model); on synthetic
+    data also a row `oracle` (ranking by the generator's true scores, once per seed)."""
     cols = [c for c in runs.columns if c.startswith(("test/", "test_full/")) and
             c.split("/")[1] in METRICS]
+    oracle = [c for c in runs.columns if c.startswith("oracle_")]
+    if oracle:
+        # the oracle of synthetic data, as one more row per data set: ranking by the true scores
+        ceiling = runs.dropna(subset=oracle).drop_duplicates(["data", "seed"])
+        ceiling = ceiling[["data", "seed", *oracle]].assign(model="oracle")
+        runs = pd.concat([runs, ceiling.rename(columns=lambda c: c.removeprefix("oracle_"))],
+                         ignore_index=True)
     grouped = runs.groupby(["data", "model"], sort=True)[cols]
     out = grouped.mean().round(4).add_suffix(" mean").join(grouped.std(ddof=1).round(4).add_suffix(" std"))
     out["runs"] = grouped.size()
@@ -64,12 +75,13 @@ def plot_metric(summary: pd.DataFrame, metric: str, path: Path) -> None:
     means = summary[f"test/{metric} mean"]
     stds = summary[f"test/{metric} std"].fillna(0.0)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 4.0))
-    bars = ax.bar(labels, means, yerr=stds, capsize=5, color="#4C72B0", edgecolor="black")
+    colors = ["#999999" if m == "oracle" else "#4C72B0" for m in summary["model"]]
+    bars = ax.bar(labels, means, yerr=stds, capsize=5, color=colors, edgecolor="black")
     for bar, n in zip(bars, summary["runs"]):
         ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 3),
                     textcoords="offset points", ha="center", color="white", fontsize=8)
     data_names = ", ".join(sorted(summary["data"].unique()))
-    ax.set_title(f"Test {metric.upper().replace('@', '@')} per model ({data_names}; mean ± s.d. over seeds)")
+    ax.set_title(f"Test {metric.upper()} per model\n({data_names}; mean ± s.d. over seeds)")
     ax.set_xlabel("model")
     ax.set_ylabel(f"test {metric}")
     ax.set_ylim(0, min(1.0, max(0.05, float((means + stds).max()) * 1.15)))
