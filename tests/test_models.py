@@ -352,3 +352,16 @@ def test_compiled_training_forward_matches_eager_and_keeps_checkpoint_keys():
     users, items = torch.tensor([0, 3, 6]), torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     torch.testing.assert_close(compiled._train_forward(users, items), eager._train_forward(users, items))
     assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_training_loss_weights_each_positive_with_its_negatives():
+    torch.manual_seed(0)
+    module = RecModule(NETS["gmf"](), optimizer=partial(torch.optim.Adam, lr=1e-3))
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    users, items = torch.tensor([0, 3]), torch.tensor([[1, 2, 3], [4, 5, 6]])
+    plain = module.training_step({"users": users, "items": items}, 0)
+    doubled = module.training_step({"users": users, "items": items, "weights": torch.tensor([2.0, 2.0])}, 0)
+    only_first = module.training_step({"users": users, "items": items, "weights": torch.tensor([2.0, 0.0])}, 0)
+    first = module.training_step({"users": users[:1], "items": items[:1]}, 0)
+    torch.testing.assert_close(doubled, 2 * plain)
+    torch.testing.assert_close(only_first, first)  # the mean runs over both rows: 2 * first / 2

@@ -166,3 +166,34 @@ def test_ema_weights_are_validated_checkpointed_and_tested(make_cfg):
     eval_cfg = make_cfg([f"ckpt_path={run / m['checkpoint']}"], config_name="evaluate", run="ema-eval")
     evaluate(eval_cfg)
     assert read_metrics(eval_cfg)["test"] == m["test"]
+
+
+def test_recency_weights_hand_example():
+    from flixrec.data.datamodule import recency_weights
+
+    # user 0 rated rows 1, 2, 0 in time order (keys 1, 3, 5); user 1 rows 3, 4 (keys 2, 9)
+    w = recency_weights(torch.tensor([0, 0, 0, 1, 1]), torch.tensor([5, 1, 3, 2, 9]), 2, half_life=1.0)
+    raw = torch.tensor([1.0, 0.25, 0.5, 0.5, 1.0])  # 0.5 ** (later ratings of the same user)
+    torch.testing.assert_close(w, raw / raw.mean())
+
+
+def test_recency_half_life_weights_each_users_latest_training_rating_most(make_cfg):
+    dm = instantiate(make_cfg(["data.recency_half_life=5"]).data, _convert_="partial")
+    dm.setup("fit")
+    w, users = dm.train_weights, dm.train_users
+    assert w.shape == users.shape and torch.isclose(w.mean(), torch.tensor(1.0))
+    # each user's heaviest rating weighs the same (their latest, r = 0): the per-user maximum
+    top = torch.zeros(dm.num_users).scatter_reduce(0, users, w, "amax", include_self=False)
+    assert torch.allclose(top[users.unique()], top[users.unique()].max())
+    # batches carry one weight per positive, through negative sampling
+    batch = next(iter(dm.train_dataloader()))
+
+    class FakeTrainer:
+        training, current_epoch, global_rank, world_size = True, 0, 0, 1
+
+    dm.trainer = FakeTrainer()
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out["weights"].shape == out["users"].shape and torch.equal(out["weights"], batch["weights"])
+    plain = instantiate(make_cfg([]).data, _convert_="partial")
+    plain.setup("fit")
+    assert plain.train_weights is None and "weights" not in next(iter(plain.train_dataloader()))

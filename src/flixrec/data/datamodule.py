@@ -16,7 +16,8 @@ from torch import Tensor
 from flixrec.data.ratings import Ratings, read_cached
 from flixrec.data.sampling import (UnratedItems, is_member, pair_keys, rated_items,
                                     sample_candidates)
-from flixrec.data.split import Split, leave_one_out, map_probe, probe, splitmix64, temporal
+from flixrec.data.split import (Split, leave_one_out, map_probe, probe, recency_key, splitmix64,
+                                temporal)
 from flixrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,21 @@ def derive_seed(*parts: int) -> int:
     for p in parts:
         x = splitmix64(x ^ np.uint64(int(p) & 0xFFFFFFFFFFFFFFFF))
     return int(x[0] >> np.uint64(1))
+
+
+def recency_weights(users: Tensor, keys: Tensor, num_users: int, half_life: float) -> Tensor:
+    """float32 (R,) training weight of each rating: 0.5 ** (r / half_life), where r counts the
+    user's later training ratings (0 for their latest; `keys` orders one user's ratings by
+    time, as `split.recency_key`), scaled so the weights average 1. Two sorts, no loop."""
+    order = torch.sort(keys, stable=True).indices
+    order = order[torch.sort(users[order], stable=True).indices]   # by user, then by time
+    counts = torch.bincount(users, minlength=num_users)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order))
+    later = counts[users] - 1 - (position - starts[users])
+    weights = torch.pow(0.5, later.double() / half_life)
+    return (weights / weights.mean()).float()
 
 
 class TrainBatches:
@@ -46,8 +62,8 @@ class TrainBatches:
 
     def __init__(self, users: Tensor, items: Tensor, batch_size: int, seed: int,
                  epoch: Callable[[], int], rank: int = 0, world_size: int = 1,
-                 device: torch.device | str | None = None) -> None:
-        self.users, self.items = users, items
+                 device: torch.device | str | None = None, weights: Tensor | None = None) -> None:
+        self.users, self.items, self.weights = users, items, weights
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.rank, self.world_size = rank, world_size
         self.per_rank = len(users) // world_size
@@ -59,13 +75,18 @@ class TrainBatches:
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         if self.device is not None and self.users.device != self.device:
             self.users, self.items = self.users.to(self.device), self.items.to(self.device)
+            if self.weights is not None:
+                self.weights = self.weights.to(self.device)
         gen = torch.Generator(device=self.users.device).manual_seed(
             derive_seed(self.seed, 1, self.epoch()))
         order = torch.randperm(len(self.users), generator=gen, device=self.users.device)
         order = order[self.rank: self.per_rank * self.world_size: self.world_size]
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            yield {"users": self.users[idx], "items": self.items[idx]}
+            batch = {"users": self.users[idx], "items": self.items[idx]}
+            if self.weights is not None:
+                batch["weights"] = self.weights[idx]
+            yield batch
 
 
 class EvalBatches:
@@ -133,7 +154,7 @@ class RatingsDataModule(pl.LightningDataModule):
                  num_test_negatives: int = 100, batch_size: int = 1024,
                  eval_batch_size: int = 2048, seed: int = 42, min_ratings: int = 3,
                  batches_on_device: bool = False,
-                 temporal_fraction: float = 0.8) -> None:
+                 temporal_fraction: float = 0.8, recency_half_life: float | None = None) -> None:
         super().__init__()
         if num_negatives < 1:
             raise ConfigError(f"data.num_negatives={num_negatives}: need at least 1 training negative per positive")
@@ -146,6 +167,9 @@ class RatingsDataModule(pl.LightningDataModule):
         if not 0.0 < temporal_fraction < 1.0:
             raise ConfigError(f"data.temporal_fraction={temporal_fraction}: must be between 0 and 1 "
                               f"(the share of ratings, by date, used for training)")
+        if recency_half_life is not None and recency_half_life <= 0:
+            raise ConfigError(f"data.recency_half_life={recency_half_life}: must be positive (ratings), "
+                              f"or null for equal weights")
         if on_bad_lines not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_lines={on_bad_lines!r}: choose error or skip")
         self.name, self.root, self.cache_dir = name, root, cache_dir
@@ -156,6 +180,8 @@ class RatingsDataModule(pl.LightningDataModule):
         self.seed, self.min_ratings = seed, min_ratings
         self.batches_on_device = batches_on_device
         self.on_bad_lines, self.temporal_fraction = on_bad_lines, temporal_fraction
+        self.recency_half_life = recency_half_life
+        self.train_weights: Tensor | None = None
         self.table: Ratings | None = None
         self._neg_state: tuple | None = None
 
@@ -190,6 +216,10 @@ class RatingsDataModule(pl.LightningDataModule):
                               f"evaluate (min_ratings={self.min_ratings}; {why})")
         train = torch.from_numpy(sp.train_rows)
         self.train_users, self.train_items = users[train], items[train]
+        if self.recency_half_life is not None:
+            self.train_weights = recency_weights(self.train_users, torch.from_numpy(recency_key(
+                table.users[sp.train_rows], table.items[sp.train_rows], table.times[sp.train_rows], I,
+                derive_seed(self.seed, 0))), U, self.recency_half_life)
         self.train_keys = pair_keys(self.train_users, self.train_items, I)
         train_counts = torch.bincount(self.train_users, minlength=U)
         if (train_counts >= I).any():
@@ -228,7 +258,7 @@ class RatingsDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         device = self.trainer.strategy.root_device if self.batches_on_device and self.trainer else None
         return TrainBatches(self.train_users, self.train_items, self.batch_size, self.seed,
-                            self._epoch, rank, world, device=device)
+                            self._epoch, rank, world, device=device, weights=self.train_weights)
 
     def val_dataloader(self) -> EvalBatches:
         return EvalBatches(self.eval_users, self.val_items, self.eval_batch_size, *self._rank_world())
@@ -251,7 +281,10 @@ class RatingsDataModule(pl.LightningDataModule):
         if getattr(self, "_unrated", (None,))[0] is not keys:
             self._unrated = (keys, UnratedItems(keys, self.num_items))
         negs = self._unrated[1].sample(users, self.num_negatives, self._negative_generator(users.device))
-        return {"users": users, "items": torch.cat([items[:, None], negs.view(len(users), -1)], dim=1)}
+        out = {"users": users, "items": torch.cat([items[:, None], negs.view(len(users), -1)], dim=1)}
+        if "weights" in batch:  # data.recency_half_life: one weight per positive and its negatives
+            out["weights"] = batch["weights"]
+        return out
 
     # -- facts for the rest of the run ------------------------------------------------------
 

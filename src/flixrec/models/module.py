@@ -115,7 +115,8 @@ class RecModule(pl.LightningModule):
         logits = self._train_forward(users, items)
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
-        loss = binary_cross_entropy_with_logits(logits, labels)
+        weights = batch.get("weights")  # per positive, for it and its negatives (data.recency_half_life)
+        loss = binary_cross_entropy_with_logits(logits, labels, None if weights is None else weights[:, None])
         if self.l2 > 0:
             loss = loss + self.l2 * self.net.regularization(users, items)
         # on an accelerator, reading the loss every step would stall the device on the host
