@@ -493,3 +493,16 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg):
         "tune DETERMINISTIC (a higher lr) so that an epoch before the interruption is best"
     assert_same_run(resumed_dir, straight_dir)
     assert read_metrics(resumed_dir)["checkpoint"] == "checkpoints/best.ckpt"
+
+
+def test_resume_with_ema_weights_matches_an_uninterrupted_run(make_cfg):
+    """Resuming restores both the raw weights and their moving average (callbacks=ema)."""
+    ema = ["model=gmf", "callbacks=ema", "callbacks.ema.decay=0.9", "trainer.deterministic=true"]
+    first = make_cfg(ema + ["trainer.max_epochs=2"], run="ema-first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = make_cfg(ema + ["trainer.max_epochs=4", f"ckpt_path={last}"], run="ema-resumed")
+    straight = make_cfg(ema + ["trainer.max_epochs=4"], run="ema-straight")
+    train(resumed)
+    train(straight)
+    assert_same_run(Path(resumed.paths.output_dir), Path(straight.paths.output_dir))
