@@ -506,3 +506,14 @@ def test_resume_with_ema_weights_matches_an_uninterrupted_run(make_cfg):
     train(resumed)
     train(straight)
     assert_same_run(Path(resumed.paths.output_dir), Path(straight.paths.output_dir))
+
+
+def test_fused_optimizer_with_fp16_gradient_clipping_is_refused(make_cfg):
+    from flixrec.run import check_trainer
+
+    cfg = make_cfg(["trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0"])
+    with pytest.raises(ConfigError, match="model.optimizer.fused=false"):
+        check_trainer(cfg)
+    check_trainer(make_cfg(["trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0",
+                            "model.optimizer.fused=false"]))
+    check_trainer(make_cfg(["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0"]))

@@ -351,7 +351,11 @@ def test_compiled_training_forward_matches_eager_and_keeps_checkpoint_keys():
     compiled = RecModule(net, optimizer=adam, compile=True)
     users, items = torch.tensor([0, 3, 6]), torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     torch.testing.assert_close(compiled._train_forward(users, items), eager._train_forward(users, items))
+    assert compiled._compiled is not None and eager._compiled is None
     assert compiled.state_dict().keys() == eager.state_dict().keys()
+    import pickle
+
+    assert pickle.loads(pickle.dumps(compiled))._compiled is None  # recompiled on first use
 
 
 def test_training_loss_weights_each_positive_with_its_negatives():

@@ -140,3 +140,22 @@ def test_gpu_trainer_without_gpu_fails_at_once(tmp_path, data_dir):
                     f"hydra.run.dir={tmp_path / 'gpu'}"])
     assert proc.returncode != 0
     assert "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_comparison_has_an_oracle_row_per_synthetic_data_set():
+    from flixrec.report import summarise
+
+    runs = pd.DataFrame([
+        # data set a ran full ranking, data set b did not: b still gets its oracle row
+        {"data": "a", "model": "gmf", "seed": 1, "test/hr@10": 0.5, "test_full/hr@10": 0.2,
+         "oracle_test/hr@10": 0.8, "oracle_test_full/hr@10": 0.4},
+        {"data": "b", "model": "gmf", "seed": 1, "test/hr@10": 0.6,
+         "oracle_test/hr@10": 0.9},
+        {"data": "b", "model": "mlp", "seed": 1, "test/hr@10": 0.4,
+         "oracle_test/hr@10": 0.9},   # same data and seed: the oracle counts once
+    ])
+    summary = summarise(runs).set_index(["data", "model"])
+    assert summary.loc[("a", "oracle"), "test/hr@10 mean"] == 0.8
+    assert summary.loc[("a", "oracle"), "test_full/hr@10 mean"] == 0.4
+    assert summary.loc[("b", "oracle"), "test/hr@10 mean"] == 0.9
+    assert summary.loc[("b", "oracle"), "runs"] == 1

@@ -43,20 +43,36 @@ class EMAWeights(WeightAveraging):
     instead restore the raw weights into the model there and test those.
 
     Args:
-        decay: weight of the old average at each step (0.999: roughly the last 1,000 steps).
+        decay: weight of the old average at each step (0.999: roughly the last 1,000 steps),
+            reached after a warm-up: step n uses min(decay, (1 + n) / (10 + n)).
     """
 
     def __init__(self, decay: float = 0.999) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay {decay} must lie strictly between 0 and 1")
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        super().__init__(multi_avg_fn=self._ema)
         self.decay = decay
+
+    @torch.no_grad()
+    def _ema(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        # warm-up: the decay grows from 0.1 to `decay` over the first steps, so a short run (few
+        # steps per epoch) does not validate weights dominated by the initialisation
+        n = int(num_averaged)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        else:  # integer buffers: a rounded average
+            for a, c in zip(averaged, current):
+                a.copy_(a * decay + c * (1.0 - decay))
 
     @staticmethod
     def _fitting(trainer) -> bool:
         return trainer.state.fn == TrainerFn.FITTING
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Lightning builds the average in `setup`, before the model moves to its device
+        if self._average_model is not None:
+            self._average_model.to(pl_module.device)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if self._fitting(trainer):

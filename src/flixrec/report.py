@@ -52,8 +52,10 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     oracle = [c for c in runs.columns if c.startswith("oracle_")]
     if oracle:
         # the oracle of synthetic data, as one more row per data set: ranking by the true scores
-        ceiling = runs.dropna(subset=oracle).drop_duplicates(["data", "seed"])
-        ceiling = ceiling[["data", "seed", *oracle]].assign(model="oracle")
+        # one row per (data, seed), each oracle figure from any run that has it (full ranking
+        # may be off in some runs)
+        ceiling = runs.dropna(subset=oracle, how="all").groupby(["data", "seed"])[oracle].first()
+        ceiling = ceiling.reset_index().assign(model="oracle")
         runs = pd.concat([runs, ceiling.rename(columns=lambda c: c.removeprefix("oracle_"))],
                          ignore_index=True)
     grouped = runs.groupby(["data", "model"], sort=True)[cols]

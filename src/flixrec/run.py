@@ -50,6 +50,12 @@ def check_trainer(cfg: DictConfig) -> None:
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer accelerator={acc!r} needs a CUDA GPU, but torch sees none "
                           f"(torch {torch.__version__}, cuda available: False); use trainer=cpu")
+    optimizer = (cfg.get("model") or {}).get("optimizer") or {}
+    if str(cfg.trainer.get("precision")) in ("16", "16-mixed") and cfg.trainer.get("gradient_clip_val") \
+            and optimizer.get("fused"):
+        raise ConfigError("trainer.precision=16-mixed with trainer.gradient_clip_val needs an optimizer "
+                          "that Lightning can unscale before clipping, which a fused one is not: set "
+                          "model.optimizer.fused=false, or use trainer.precision=bf16-mixed (no scaling)")
 
 
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True):

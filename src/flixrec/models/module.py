@@ -90,8 +90,8 @@ class RecModule(pl.LightningModule):
             raise ConfigError(f"model.l2={l2}, but {type(net).__name__} has no regularization term; "
                               f"set model.l2=0 (or weight decay in model.optimizer)")
         self.l2, self.full_ranking, self.full_ranking_cells = l2, full_ranking, full_ranking_cells
-        # a compiled bound method, not a compiled module: state_dict keys stay those of the net
-        self._train_forward = torch.compile(net.forward) if compile else net.forward
+        self.compile = compile
+        self._compiled: Callable[..., Tensor] | None = None
         # Lightning's loop needs an optimizer; a net with nothing to train steps through the
         # epochs without one (its checkpoints, validation and test work as for any model)
         self.automatic_optimization = any(p.requires_grad for p in net.parameters())
@@ -109,6 +109,20 @@ class RecModule(pl.LightningModule):
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         return self.net(users, items)
+
+    def _train_forward(self, users: Tensor, items: Tensor) -> Tensor:
+        if not self.compile:
+            return self.net(users, items)
+        if self._compiled is None:
+            # made on first use and kept out of the module tree (object.__setattr__), so
+            # state_dict keys stay the net's and pickling skips it (__getstate__)
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+        return self._compiled(users, items)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_compiled"] = None
+        return state
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         users, items = batch["users"], batch["items"]

@@ -39,7 +39,9 @@ def _rows(table: nn.Embedding | Tensor, idx: Tensor) -> Tensor:
 
     `index_select` rather than `nn.Embedding`'s lookup: same values and gradients, but its
     backward (an index_add) ran 1.3-1.5x faster on CPU for the B x m gathers of a training
-    batch, where the embedding backward was the largest operator (bench/profile_train.py)."""
+    batch, where the embedding backward was the largest operator (bench/profile_train.py). On
+    CUDA that index_add accumulates with atomics, so gradient sums of rows drawn several times
+    are not bit-reproducible run to run unless `trainer.deterministic=true`."""
     weight = table.weight if isinstance(table, nn.Embedding) else table
     return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[-1])
 
@@ -81,13 +83,13 @@ def _dot(p: Tensor, q: Tensor, w: Tensor | None = None) -> Tensor:
         return (q.float() * p[:, None, :]).sum(-1)  # faster than bmm of B (m x D) @ (D x 1)
 
 
-def _projected_rows(table: nn.Embedding, idx: Tensor, weight: Tensor) -> Tensor:
-    """`F.linear(table(idx), weight)`, shaped (*idx.shape, out), computed the cheaper way: when
-    the batch asks for more rows than the table has, the whole table is projected once and the
-    projected rows are gathered (the same numbers, up to float rounding)."""
+def _projected_rows(table: nn.Embedding, idx: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear(table(idx), weight, bias)`, shaped (*idx.shape, out), computed the cheaper way:
+    when the batch asks for more rows than the table has, the whole table is projected once and
+    the projected rows are gathered (the same numbers, up to float rounding)."""
     if idx.numel() > table.num_embeddings:
-        return _rows(F.linear(table.weight, weight), idx)
-    return F.linear(_rows(table, idx), weight)
+        return _rows(F.linear(table.weight, weight, bias), idx)
+    return F.linear(_rows(table, idx), weight, bias)
 
 
 def _split_linear(layer: nn.Linear, users: Tensor, items: Tensor, user_emb: nn.Embedding,
@@ -96,7 +98,9 @@ def _split_linear(layer: nn.Linear, users: Tensor, items: Tensor, user_emb: nn.E
     q = item_emb(items) (B or 1, m): the user half is applied once per user and broadcast
     over the pair's items."""
     d = user_emb.embedding_dim
-    return (_projected_rows(user_emb, users, layer.weight[:, :d]) + layer.bias)[:, None, :] \
+    # the bias goes inside F.linear: added outside, a float32 bias would promote the (B, m, out)
+    # pre-activations of a bf16 autocast run to float32
+    return _projected_rows(user_emb, users, layer.weight[:, :d], layer.bias)[:, None, :] \
         + _projected_rows(item_emb, items, layer.weight[:, d:])
 
 
@@ -123,7 +127,7 @@ class GMF(PairNet):
         self.output = _dense(dim, 1)
 
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
-        # h . (p * q) computed as (h * p) . q: no (B, m, dim) product tensor
+        # h . (p * q) computed as (h * p) . q: for a shared item list, one matmul
         return _dot(_rows(self.user_emb, users), _rows(self.item_emb, items), self.output.weight[0]) \
             + self.output.bias.float()
 
@@ -288,8 +292,11 @@ class Fusion(PairNet):
         w = _rows(self.user_gmf_weight, users)
         if self.per_user_weights:
             w1 = _rows(self.hidden_weight, users).view(-1, 2 * K, H)
+            # (B, 1, H) + (B, m, H); a shared item list (1, m, K) is not copied per user
+            item_part = torch.einsum("md,bdh->bmh", q[0], w1[:, K:]) if q.shape[0] == 1 \
+                else torch.bmm(q, w1[:, K:])
             pre = (torch.bmm(p[:, None, :], w1[:, :K]) + _rows(self.hidden_bias, users)[:, None, :]) \
-                + torch.matmul(q, w1[:, K:])  # (B, 1, H) + (B, m, H); q (1, m, K) broadcasts
+                + item_part
             w2, b2 = _rows(self.output_weight, users).float(), _rows(self.output_bias, users).float()
         else:
             pre = _split_linear(self.hidden_layer, users, items, self.user_emb, self.item_emb)
