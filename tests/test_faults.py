@@ -479,15 +479,21 @@ def test_deterministic_cpu_training_repeats_exactly(make_cfg):
     assert_same_run(*(Path(cfg.paths.output_dir) for cfg in runs))
 
 
-def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg):
-    first = make_cfg(DETERMINISTIC + ["trainer.max_epochs=2"], run="first")
+def interrupted_and_straight(make_cfg, overrides: list[str], name: str) -> tuple[Path, Path]:
+    """Run directories of the same 4-epoch run, once stopped after 2 epochs and resumed from its
+    last.ckpt, once straight through."""
+    first = make_cfg(overrides + ["trainer.max_epochs=2"], run=f"{name}-first")
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
-    resumed = make_cfg(DETERMINISTIC + ["trainer.max_epochs=4", f"ckpt_path={last}"], run="resumed")
-    straight = make_cfg(DETERMINISTIC + ["trainer.max_epochs=4"], run="straight")
+    resumed = make_cfg(overrides + ["trainer.max_epochs=4", f"ckpt_path={last}"], run=f"{name}-resumed")
+    straight = make_cfg(overrides + ["trainer.max_epochs=4"], run=f"{name}-straight")
     train(resumed)
     train(straight)
-    resumed_dir, straight_dir = Path(resumed.paths.output_dir), Path(straight.paths.output_dir)
+    return Path(resumed.paths.output_dir), Path(straight.paths.output_dir)
+
+
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg):
+    resumed_dir, straight_dir = interrupted_and_straight(make_cfg, DETERMINISTIC, "plain")
     # the best epoch came before the interruption, so the resumed run must have carried it over
     assert read_metrics(straight_dir)["best_epoch"] < 2, "no longer tests the carried-over best: " \
         "tune DETERMINISTIC (a higher lr) so that an epoch before the interruption is best"
@@ -498,14 +504,7 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg):
 def test_resume_with_ema_weights_matches_an_uninterrupted_run(make_cfg):
     """Resuming restores both the raw weights and their moving average (callbacks=ema)."""
     ema = ["model=gmf", "callbacks=ema", "callbacks.ema.decay=0.9", "trainer.deterministic=true"]
-    first = make_cfg(ema + ["trainer.max_epochs=2"], run="ema-first")
-    train(first)
-    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
-    resumed = make_cfg(ema + ["trainer.max_epochs=4", f"ckpt_path={last}"], run="ema-resumed")
-    straight = make_cfg(ema + ["trainer.max_epochs=4"], run="ema-straight")
-    train(resumed)
-    train(straight)
-    assert_same_run(Path(resumed.paths.output_dir), Path(straight.paths.output_dir))
+    assert_same_run(*interrupted_and_straight(make_cfg, ema, "ema"))
 
 
 def test_fused_optimizer_with_fp16_gradient_clipping_is_refused(make_cfg):
