@@ -137,12 +137,11 @@ def train_variant(cfg, dm, name: str, compile_net: bool, max_steps: int | None) 
         cfg.trainer.update(max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
                            enable_checkpointing=False, max_steps=max_steps or -1)
         cfg.callbacks = None
+        cfg.model.compile = compile_net  # torch.compile of the training forward
     torch.manual_seed(0)
     from hydra.utils import instantiate
 
     model = instantiate(cfg.model, net={"num_users": dm.num_users, "num_items": dm.num_items})
-    if compile_net:
-        model.net = torch.compile(model.net)
     timer = StepTimer(warmup=min(10, max(1, len(dm.train_dataloader()) // 4)))
     trainer = build_trainer(cfg)
     trainer.callbacks.append(timer)
