@@ -183,7 +183,7 @@ def evaluate(model, dm, device: torch.device, rank_cells: int, precision: str, m
                 if kind == "sampled":
                     metric.update(score_candidates(net, b["users"], b["items"]))
                 else:
-                    metric.update_ranks(full_ranks(net, b["users"], b["items"][:, 0], b["seen_rows"],
+                    metric.update(ranks=full_ranks(net, b["users"], b["items"][:, 0], b["seen_rows"],
                                                    b["seen_items"], b["num_items"], rank_cells))
                 users += len(b["users"])
                 if max_users and users >= max_users:
