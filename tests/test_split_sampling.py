@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flixrec.data.sampling import (UnratedItems, is_member, pair_keys, sample_candidates,
-                                    sample_negatives)
+from flixrec.data.sampling import UnratedItems, is_member, pair_keys, sample_candidates
 from flixrec.data.split import leave_one_out
 from flixrec.errors import ConfigError
 
@@ -107,13 +106,13 @@ def test_training_negatives_avoid_training_positives():
     items = (torch.arange(200) * 7) % I
     keys = pair_keys(users, items, I)
     gen = torch.Generator().manual_seed(0)
-    negs = sample_negatives(users, 4, keys, I, gen)
+    negs = UnratedItems(keys, I).sample(users, 4, gen)
     assert negs.shape == (200, 4)
     assert not is_member(keys, users[:, None], negs, I).any()
     # nearly-full user: 49 of 50 movies rated -> the only negative is movie 49
     full_u = torch.zeros(49, dtype=torch.long)
     full_keys = pair_keys(full_u, torch.arange(49), I)
-    negs = sample_negatives(torch.zeros(3, dtype=torch.long), 4, full_keys, I, gen)
+    negs = UnratedItems(full_keys, I).sample(torch.zeros(3, dtype=torch.long), 4, gen)
     assert (negs == 49).all()
 
 

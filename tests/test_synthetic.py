@@ -195,8 +195,9 @@ def test_refuses_to_replace_other_folders(tmp_path: Path) -> None:
 
 
 def test_netflix_reader_parses_exactly_the_generated_ratings(data: Path) -> None:
-    netflix = pytest.importorskip("flixrec.data.netflix")
-    table = netflix.NetflixReader().parse(data)
+    from flixrec.data.netflix import NetflixReader
+
+    table = NetflixReader().parse(data)
     sim = simulate(**PARAMS)
     np.testing.assert_array_equal(table.user_ids[table.users], sim.customer_ids[sim.users])
     np.testing.assert_array_equal(table.item_ids[table.items], sim.items.astype(np.int64) + 1)

@@ -184,6 +184,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.train_weights: Tensor | None = None
         self.table: Ratings | None = None
         self._neg_state: tuple | None = None
+        self._unrated: tuple[Tensor, UnratedItems] | None = None  # (keys it indexes, sampler)
 
     # -- Lightning hooks --------------------------------------------------------------------
 
@@ -278,7 +279,7 @@ class RatingsDataModule(pl.LightningDataModule):
         # the sampling index over the training pairs is built once per device (O(R)), then each
         # step costs three binary searches, with no host round trip (see UnratedItems)
         keys = self._device_keys(users.device)
-        if getattr(self, "_unrated", (None,))[0] is not keys:
+        if self._unrated is None or self._unrated[0] is not keys:
             self._unrated = (keys, UnratedItems(keys, self.num_items))
         negs = self._unrated[1].sample(users, self.num_negatives, self._negative_generator(users.device))
         out = {"users": users, "items": torch.cat([items[:, None], negs.view(len(users), -1)], dim=1)}

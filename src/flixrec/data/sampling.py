@@ -34,15 +34,15 @@ def is_member(keys: Tensor, users: Tensor, items: Tensor, num_items: int) -> Ten
 
 
 def _exact_unseen(users: Tensor, k: int, keys: Tensor, num_items: int,
-                  generator: torch.Generator, replacement: bool, chunk: int = 256) -> Tensor:
-    """k uniformly random unseen items per user (distinct unless `replacement`), drawn from an
-    explicit unseen mask. O(len(users) * num_items); used only for rows rejection cannot fill."""
+                  generator: torch.Generator, chunk: int = 256) -> Tensor:
+    """k distinct uniformly random unseen items per user, drawn from an explicit unseen mask.
+    O(len(users) * num_items); used only for candidate rows rejection cannot fill."""
     out = []
     all_items = torch.arange(num_items, device=users.device)
     for start in range(0, len(users), chunk):
         u = users[start:start + chunk, None]
         unseen = (~is_member(keys, u, all_items[None, :], num_items)).float()
-        out.append(torch.multinomial(unseen, k, replacement=replacement, generator=generator))
+        out.append(torch.multinomial(unseen, k, replacement=False, generator=generator))
     return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long, device=users.device)
 
 
@@ -92,8 +92,7 @@ def sample_candidates(users: Tensor, positives: Tensor, seen_keys: Tensor, num_i
         sub = negs[rows]
         rows = rows[(is_member(seen_keys, users[rows, None], sub, num_items)
                      | _row_duplicates(sub)).any(1)]
-        negs[rows] = _exact_unseen(users[rows], num_negatives, seen_keys, num_items, generator,
-                                   replacement=False)
+        negs[rows] = _exact_unseen(users[rows], num_negatives, seen_keys, num_items, generator)
     return torch.cat([positives[:, None].long(), negs], dim=1)
 
 
@@ -119,12 +118,6 @@ class UnratedItems:
         if len(keys) and int(self.starts.diff().max()) >= num_items:
             raise ConfigError(f"a user rated all {num_items} movies: no negatives can be sampled")
 
-    def to(self, device: torch.device | str) -> "UnratedItems":
-        out = UnratedItems.__new__(UnratedItems)
-        out.shifted, out.starts = self.shifted.to(device), self.starts.to(device)
-        out.num_items = self.num_items
-        return out
-
     def sample(self, users: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """(B, k) int64: for each of `users` (B,), k independent uniform draws (with replacement,
         as in NCF) from the items that user has not rated. Runs on the device of the index;
@@ -140,14 +133,6 @@ class UnratedItems:
         # so one search over the whole tensor counts u's rated items below the r-th unrated one
         j = torch.searchsorted(self.shifted, (base - lo)[:, None] + r, right=True) - lo[:, None]
         return r + j
-
-
-def sample_negatives(users: Tensor, num_negatives: int, train_keys: Tensor, num_items: int,
-                     generator: torch.Generator) -> Tensor:
-    """Training negatives: (B, num_negatives) int64 items not among each user's training
-    positives (`train_keys`, sorted pair keys), uniform with replacement (as in NCF). One-off
-    convenience over `UnratedItems`, which a training loop builds once and reuses; random."""
-    return UnratedItems(train_keys, num_items).sample(users, num_negatives, generator)
 
 
 def rated_items(keys: Tensor, users: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
