@@ -1,4 +1,5 @@
-"""One LightningModule for every net: BCE-with-logits on sampled negatives, ranking metrics."""
+"""One LightningModule for every net: a loss on sampled negatives (BCE-with-logits by default),
+ranking metrics."""
 
 from __future__ import annotations
 
@@ -10,13 +11,44 @@ from typing import Any, Callable, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import binary_cross_entropy_with_logits
+from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy, logsigmoid
 
 from flixrec.errors import ConfigError
 from flixrec.metrics import RankingMetrics, full_positive_rank
 
 # a net without trainable parameters (pop) runs with no optimizer on purpose
 warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`.*")
+
+
+LOSSES = ("bce", "bpr", "softmax")
+
+
+def ranking_loss(logits: Tensor, kind: str = "bce", weights: Tensor | None = None) -> Tensor:
+    """Training loss of grouped logits (B, 1 + n): the positive in column 0, n sampled negatives.
+
+    - "bce": binary cross-entropy with logits, label 1 for column 0 and 0 for the rest, mean
+      over all B * (1 + n) cells (the NCF paper's log loss);
+    - "bpr": -log sigmoid(positive - negative), mean over the B * n pairs (Rendle et al. 2009);
+    - "softmax": cross-entropy of the positive against its own negatives (sampled softmax; with
+      uniform negatives the log-Q correction is a constant and drops out), mean over B rows.
+
+    Every kind is computed from logits in float32, so it is safe under mixed precision.
+    weights (B,), optional: one weight per positive, for it and its negatives (each row's
+    loss is multiplied by it; the mean is still over the same count).
+    """
+    logits = logits.float()
+    if kind == "bce":
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        return binary_cross_entropy_with_logits(logits, labels, None if weights is None else weights[:, None])
+    if kind == "bpr":
+        per_pair = -logsigmoid(logits[:, :1] - logits[:, 1:])
+        return (per_pair if weights is None else per_pair * weights[:, None]).mean()
+    if kind == "softmax":
+        per_row = cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
+                                reduction="none")
+        return (per_row if weights is None else per_row * weights).mean()
+    raise ConfigError(f"model.loss={kind!r}: choose one of {', '.join(LOSSES)}")
 
 
 def score_candidates(net: nn.Module, users: Tensor, items: Tensor) -> Tensor:
@@ -75,12 +107,13 @@ class RecModule(pl.LightningModule):
         full_ranking_cells: size of one full-ranking score matrix (users x items); bounds memory.
         compile: run the training forward through `torch.compile` (the net itself, its
             checkpoints and evaluation stay eager). The first steps pay the compilation.
+        loss: "bce" (default), "bpr" or "softmax"; see `ranking_loss`.
     """
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer] | None,
                  scheduler: Callable[..., Any] | None = None, name: str = "model",
                  ks: Sequence[int] = (5, 10, 20), l2: float = 0.0, full_ranking: bool = True,
-                 full_ranking_cells: int = 1 << 20, compile: bool = False) -> None:
+                 full_ranking_cells: int = 1 << 20, compile: bool = False, loss: str = "bce") -> None:
         super().__init__()
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name = name
@@ -90,6 +123,9 @@ class RecModule(pl.LightningModule):
             raise ConfigError(f"model.l2={l2}, but {type(net).__name__} has no regularization term; "
                               f"set model.l2=0 (or weight decay in model.optimizer)")
         self.l2, self.full_ranking, self.full_ranking_cells = l2, full_ranking, full_ranking_cells
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss!r}: choose one of {', '.join(LOSSES)}")
+        self.loss = loss
         self.compile = compile
         self._compiled: Callable[..., Tensor] | None = None
         # Lightning's loop needs an optimizer; a net with nothing to train steps through the
@@ -127,10 +163,8 @@ class RecModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         users, items = batch["users"], batch["items"]
         logits = self._train_forward(users, items)
-        labels = torch.zeros_like(logits)
-        labels[:, 0] = 1.0
-        weights = batch.get("weights")  # per positive, for it and its negatives (data.recency_half_life)
-        loss = binary_cross_entropy_with_logits(logits, labels, None if weights is None else weights[:, None])
+        # weights: per positive, for it and its negatives (data.recency_half_life)
+        loss = ranking_loss(logits, self.loss, batch.get("weights"))
         if self.l2 > 0:
             loss = loss + self.l2 * self.net.regularization(users, items)
         # on an accelerator, reading the loss every step would stall the device on the host
