@@ -22,7 +22,7 @@ from flixrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("leave_one_out", "temporal", "probe")
+SPLITS = ("leave_one_out", "temporal", "probe", "ncf")
 
 
 def derive_seed(*parts: int) -> int:
@@ -46,6 +46,20 @@ def recency_weights(users: Tensor, keys: Tensor, num_users: int, half_life: floa
     later = counts[users] - 1 - (position - starts[users])
     weights = torch.pow(0.5, later.double() / half_life)
     return (weights / weights.mean()).float()
+
+
+def _dense(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+    """Dense index of each original id (any shape) in ascending `table_ids`; -1 where absent."""
+    pos = np.searchsorted(table_ids, ids).clip(max=len(table_ids) - 1)
+    return np.where(table_ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+def _first_duplicate(values: np.ndarray) -> int:
+    """Index of the first element equal to an earlier one (values with one repeat at least)."""
+    _, first = np.unique(values, return_index=True)
+    repeated = np.ones(len(values), bool)
+    repeated[first] = False
+    return int(np.argmax(repeated))
 
 
 class TrainBatches:
@@ -135,7 +149,9 @@ class RatingsDataModule(pl.LightningDataModule):
         subset: optional callable `Ratings -> Ratings` selecting the data a run uses.
         split: "leave_one_out" (per user: latest rating test, second latest validation),
             "temporal" (global cut by date at `temporal_fraction`; see `split.temporal`) or
-            "probe" (`probe.txt` in `root` as test positives; see `split.probe`).
+            "probe" (`probe.txt` in `root` as test positives; see `split.probe`) or "ncf"
+            (the NCF authors' `<prefix>.test.rating` as test positives, ranked against the
+            candidates of their `<prefix>.test.negative`; see `data.ncf`).
         num_negatives: training negatives per positive, resampled every epoch.
         num_test_negatives: sampled unseen items ranked against each held-out item.
         batch_size: training positives per batch (each brings `num_negatives` negatives).
@@ -243,8 +259,12 @@ class RatingsDataModule(pl.LightningDataModule):
         sp.stats["users_excluded_too_few_unseen"] = int((~enough).sum())
         self.eval_users = users[test_rows]
         gen = torch.Generator().manual_seed(derive_seed(self.seed, 2))
-        self.test_items = sample_candidates(self.eval_users, items[test_rows], seen_keys, I,
-                                            self.num_test_negatives, gen)
+        if self.split == "ncf":  # the authors' candidates, from their .test.negative file
+            self.test_items = self._ncf_candidates(self.eval_users, items[test_rows], seen_keys)
+            sp.stats["ncf_candidates_replaced"] = self.ncf_candidates_replaced
+        else:
+            self.test_items = sample_candidates(self.eval_users, items[test_rows], seen_keys, I,
+                                                self.num_test_negatives, gen)
         self.val_items = sample_candidates(self.eval_users, items[val_rows], seen_keys, I,
                                            self.num_test_negatives, gen)
         self.item_counts = torch.bincount(self.train_items, minlength=I)
@@ -353,7 +373,86 @@ class RatingsDataModule(pl.LightningDataModule):
                                      table.user_ids, table.item_ids)
             return probe(table.users, table.items, table.times, U, I, seed, users, items,
                          self.min_ratings)
+        if self.split == "ncf":
+            from flixrec.data.ncf import read_ncf_test
+
+            users, items = read_ncf_test(self.root, self._ncf_prefix(), self.on_bad_lines)
+            users, items = map_probe(users, items, table.user_ids, table.item_ids)
+            # as with the probe set: the file's rating is the test positive, the user's latest
+            # other rating the validation positive, and neither is trained on
+            return probe(table.users, table.items, table.times, U, I, seed, users, items,
+                         self.min_ratings)
         return leave_one_out(table.users, table.items, table.times, U, I, seed, self.min_ratings)
+
+    def _ncf_prefix(self) -> str:
+        prefix = getattr(self.reader, "prefix", None)
+        if prefix is None:
+            raise ConfigError(f"data.split=ncf reads the NCF authors' held-out files, but data "
+                              f"{self.name!r} is not in their format; use data=ncf-ml-1m")
+        return prefix
+
+    def _ncf_candidates(self, eval_users: Tensor, positives: Tensor, seen_keys: Tensor) -> Tensor:
+        """(users, 1 + n) test candidates from `<prefix>.test.negative`: each evaluated user's
+        test item, then the n movies the authors ranked it against. Every evaluated user must
+        have a line whose (user,item) is their test rating, and its candidates must be distinct
+        movies of this table that the user did not rate in training.
+
+        The authors' ml-1m file lists the user's own test movie among its candidates on 156 of
+        its 6,040 lines (their evaluation code then ranks it against the other 98). Here such a
+        candidate is replaced by a seeded draw of another movie the user never rated, so every
+        user keeps n distinct unseen candidates; the count is logged and kept in data_stats
+        (`ncf_candidates_replaced`)."""
+        from flixrec.data.ncf import read_ncf_negatives
+
+        path = Path(self.root) / f"{self._ncf_prefix()}.test.negative"
+        file_users, file_items, candidates = read_ncf_negatives(path)
+        n = candidates.shape[1]
+        if n != self.num_test_negatives:
+            raise ConfigError(f"data.num_test_negatives={self.num_test_negatives}, but {path} ranks "
+                              f"each test item against {n} movies; set data.num_test_negatives={n}")
+        t = self.table
+        users = _dense(file_users, t.user_ids)
+        line_of_user = torch.full((t.num_users,), -1, dtype=torch.long)
+        known = torch.from_numpy(users >= 0)
+        lines = torch.arange(len(users))[known]
+        line_of_user[torch.from_numpy(users)[known]] = lines
+        if len(torch.unique(line_of_user[line_of_user >= 0])) < len(lines):
+            first = _first_duplicate(users)
+            raise DataError(path, f"user {file_users[first]} has a second line", line=first + 1)
+        rows = line_of_user[eval_users]
+        if (rows < 0).any():
+            missing = t.user_ids[eval_users[rows < 0][0]]
+            raise DataError(path, f"has no line for user {missing}, who has a test rating")
+        items = torch.from_numpy(_dense(candidates, t.item_ids))[rows]
+        first_item = torch.from_numpy(_dense(file_items, t.item_ids))[rows]
+        own = items == positives[:, None]  # the user's own test movie listed as a candidate
+        problems = [
+            (first_item != positives, "its (user,item) is not the user's test rating"),
+            ((items < 0).any(1), "a candidate is not a movie of the training data"),
+            ((is_member(self.train_keys, eval_users[:, None], items.clamp(min=0), t.num_items) & ~own).any(1),
+             "a candidate was rated by the user in training"),
+            ((torch.sort(items, 1).values.diff(1) == 0).any(1), "a candidate is listed twice"),
+        ]
+        for bad, problem in problems:
+            if bad.any():
+                line = int(rows[bad.nonzero()[0, 0]]) + 1
+                raise DataError(path, problem, line=line)
+        hit = own.any(1)
+        self.ncf_candidates_replaced = int(hit.sum())
+        if hit.any():
+            # n distinct draws of movies the user never rated: at least one of them is not
+            # among the row's other n - 1 candidates
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, 4))
+            draws = sample_candidates(eval_users[hit], positives[hit], seen_keys, t.num_items, n, gen)[:, 1:]
+            fresh = ~(draws[:, :, None] == items[hit][:, None, :]).any(-1)
+            pick = draws.gather(1, fresh.float().argmax(1, keepdim=True))
+            replaced = items[hit]
+            replaced[own[hit]] = pick[:, 0]
+            items[hit] = replaced
+            log.warning("%s lists the user's own test movie among the candidates on %d of the %d "
+                        "lines used; each was replaced by another movie the user never rated",
+                        path, int(hit.sum()), len(rows))
+        return torch.cat([positives[:, None], items], dim=1)
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is None:

@@ -1,0 +1,113 @@
+"""The NCF authors' pre-split files (He et al., 2017; github.com/hexiangnan/neural_collaborative_filtering).
+
+`DIR/<prefix>.train.rating` and `DIR/<prefix>.test.rating` hold `user<TAB>item<TAB>rating<TAB>
+timestamp` with 0-based ids, the test file one rating per user (their latest);
+`DIR/<prefix>.test.negative` holds, per test user, `(user,item)` followed by the sampled movies
+the test item is ranked against (99 for ml-1m), tab-separated. `NCFReader` reads the two rating
+files into one table; `data.split=ncf` then takes each user's test rating from the test file and
+its candidates from the negatives file, so a run is scored on exactly the authors' candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flixrec.data.movielens import _Layout, _read_ratings
+from flixrec.data.ratings import Ratings, compact_item_dtype, dense_ids
+from flixrec.errors import DataError
+
+_EXPECTED = "user<TAB>item<TAB>rating<TAB>timestamp"
+
+
+def _layout(root: Path, prefix: str, part: str) -> tuple[_Layout, Path]:
+    name = f"{prefix}.{part}.rating"
+    return _Layout(name, _EXPECTED, "\t", 4), root / name
+
+
+class NCFReader:
+    """Reads `<prefix>.train.rating` and `<prefix>.test.rating` from `root` into one `Ratings`
+    (ids dense in the order of the files' ids, times in seconds, no titles). `prefix` is the
+    data set's file prefix, `ml-1m` or `pinterest-20` in the authors' repository."""
+
+    name = "ncf"
+    version = 1
+
+    def __init__(self, on_bad_lines: str = "error", prefix: str = "ml-1m") -> None:
+        if on_bad_lines not in ("error", "skip"):
+            raise ValueError(f"on_bad_lines={on_bad_lines!r}: choose 'error' or 'skip'")
+        self.on_bad_lines, self.prefix = on_bad_lines, prefix
+
+    def options(self) -> dict:
+        return {"on_bad_lines": self.on_bad_lines, "prefix": self.prefix}
+
+    def files(self, root: str | Path) -> list[Path]:
+        root = Path(root)
+        paths = [_layout(root, self.prefix, part)[1] for part in ("train", "test")]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            where = "is not a directory" if not root.is_dir() else f"lacks {' and '.join(missing)}"
+            raise DataError(root, f"{where}: data=ncf-{self.prefix} expects the NCF authors' "
+                                  f"{self.prefix}.train.rating, .test.rating and .test.negative in it")
+        return paths
+
+    def parse(self, root: str | Path) -> Ratings:
+        columns = [[], [], [], []]
+        skipped_lines = {}
+        for path in self.files(root):
+            layout = _layout(Path(root), self.prefix, path.name.split(".")[-2])[0]
+            *cols, skipped = _read_ratings(path, layout, self.on_bad_lines)
+            if len(cols[0]) == 0:
+                raise DataError(path, "no ratings found")
+            for acc, col in zip(columns, cols):
+                acc.append(col)
+            if skipped:
+                skipped_lines[path.name] = skipped
+        users, items, ratings, times = (np.concatenate(c) for c in columns)
+        dense_users, user_ids = dense_ids(users)
+        dense_items, item_ids = dense_ids(items)
+        return Ratings(users=dense_users, items=dense_items.astype(compact_item_dtype(len(item_ids))),
+                       ratings=ratings, times=times, user_ids=user_ids, item_ids=item_ids,
+                       time_unit="second",
+                       extra={"source": f"{self.prefix}.train.rating + .test.rating",
+                              "skipped_lines": skipped_lines})
+
+
+def read_ncf_test(root: str | Path, prefix: str, on_bad_lines: str = "error") -> tuple[np.ndarray, np.ndarray]:
+    """(user ids, item ids) int64 of `<prefix>.test.rating`: each user's test rating."""
+    layout, path = _layout(Path(root), prefix, "test")
+    users, items, _, _, _ = _read_ratings(path, layout, on_bad_lines)
+    return users, items
+
+
+def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids (N,), test item ids (N,), candidate ids (N, n)) int64 of a `.test.negative`
+    file: lines `(user,item)<TAB>neg_1<TAB>...<TAB>neg_n`, every line with the same n. The first
+    bad line raises DataError with its number (a file of held-out candidates is never skipped
+    over: a run scored on part of it would not be comparable)."""
+    if not path.is_file():
+        raise DataError(path, "not found: data.split=ncf ranks each test item against the "
+                              "candidates in this file")
+    try:
+        df = pd.read_csv(path, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE,
+                         engine="c", encoding="latin-1", skip_blank_lines=False)
+    except pd.errors.ParserError as exc:
+        raise DataError(path, f"lines differ in their number of candidates ({exc})") from None
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise DataError(path, f"cannot be read: {exc}") from None
+    if df.shape[1] < 2:
+        raise DataError(path, "expected (user,item) and at least one candidate per line, tab-separated", line=1)
+    pair = df[0].str.extract(r"^\((\d+),(\d+)\)$")
+    negatives = df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce")
+    bad = pair.isna().any(axis=1).to_numpy() | negatives.isna().any(axis=1).to_numpy()
+    bad |= (negatives.to_numpy(np.float64) % 1 != 0).any(axis=1) | (negatives.to_numpy(np.float64) < 0).any(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        text = "\t".join(str(v) for v in df.iloc[row].tolist() if v == v)[:120]
+        raise DataError(path, f"line is not '(user,item)<TAB>candidate<TAB>...' with "
+                              f"{df.shape[1] - 1} whole-number candidates: {text!r}", line=row + 1)
+    return (pair[0].to_numpy(np.int64), pair[1].to_numpy(np.int64),
+            negatives.to_numpy(np.int64))
