@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from flixrec.data.ncf import NCFReader, read_ncf_negatives
@@ -92,9 +93,11 @@ def test_experiment_ncf_ml1m_takes_the_authors_files(make_cfg, tmp_path):
 @pytest.mark.parametrize("damage, message, line", [
     (lambda t, n: n.__setitem__(3, n[3][:-1]), "10 whole-number candidates", 4),          # a short line
     (lambda t, n: n.__setitem__(5, n[5][:2] + ["x"] + n[5][3:]), "whole-number candidates", 6),
-    (lambda t, n: n.__setitem__(2, [t[2][0]] + n[2][1:]), "rated by the user", 3),            # a training movie
+    (lambda t, n: n.__setitem__(2, [t[2][0]] + n[2][1:]), "a movie the user rated", 3),       # a training movie
+    (lambda t, n: n.__setitem__(6, [t[6][-1]] + n[6][1:]), "a movie the user rated", 7),      # their validation movie
+    (lambda t, n: n.__setitem__(8, n[8] + [n[9][0]]), "10 whole-number candidates", 9),       # a longer line
     (lambda t, n: n.__setitem__(4, [n[4][1]] + n[4][1:]), "listed twice", 5),
-    (lambda t, n: n.__setitem__(1, [999] + n[1][1:]), "not a movie of the training data", 2),
+    (lambda t, n: n.__setitem__(1, [999] + n[1][1:]), "not a movie of the rating files", 2),
 ])
 def test_bad_negatives_file_names_line_and_problem(make_cfg, tmp_path, damage, message, line):
     train, test, negatives = small_ncf(tmp_path / "ncf")
@@ -136,6 +139,41 @@ def test_negatives_file_of_another_test_item_or_size_is_refused(make_cfg, tmp_pa
         setup_dm(make_cfg, tmp_path / "ncf")
 
 
+def test_first_bad_line_in_file_order_is_named(make_cfg, tmp_path):
+    train, test, negatives = small_ncf(tmp_path / "ncf")
+    negatives[9] = [999] + negatives[9][1:]               # line 10: an unknown movie
+    negatives[4] = [negatives[4][1]] + negatives[4][1:]   # line 5: listed twice
+    write_ncf(tmp_path / "ncf", train, test, negatives)
+    with pytest.raises(DataError, match="listed twice") as err:
+        setup_dm(make_cfg, tmp_path / "ncf")
+    assert err.value.line == 5
+
+
+def test_trailing_tabs_and_blank_lines_are_ignored_and_unknown_users_skipped(make_cfg, tmp_path):
+    train, test, negatives = small_ncf(tmp_path / "ncf")
+    write_ncf(tmp_path / "ncf", train, test, negatives)
+    path = tmp_path / "ncf" / "ml-1m.test.negative"
+    extra = "(500,1)\t" + "\t".join(map(str, range(2, 12))) + "\n"   # a user the table lacks
+    path.write_text(extra + "\n" + path.read_text().replace("\n", "\t\n"))
+    _, dm = setup_dm(make_cfg, tmp_path / "ncf")
+    users, cands = original(dm, dm.eval_users[:, None], dm.test_items)
+    assert all(row == [test[u]] + negatives[u] for u, row in zip(users[:, 0].tolist(), cands.tolist()))
+    # a second line for a known user is named by its own line number, past the unknown user
+    path.write_text(extra + path.read_text() + f"(5,{test[5]})\t" + "\t".join(map(str, negatives[5])) + "\n")
+    with pytest.raises(DataError, match="user 5 has a second line") as err:
+        setup_dm(make_cfg, tmp_path / "ncf")
+    assert err.value.line == 34  # 2 extra lines, a blank one, 30 users, then the repeat
+
+
+def test_subsets_are_refused_with_the_ncf_split(make_cfg, tmp_path):
+    small_ncf(tmp_path / "ncf")
+    for subset in (["data/subset=sample_users", "data.subset.n_users=5"], ["data.subset.min_rating=4"]):
+        with pytest.raises(InstantiationException) as err:  # the CLI reports the cause alone
+            setup_dm(make_cfg, tmp_path / "ncf", *subset)
+        assert isinstance(err.value.__cause__, ConfigError)
+        assert "use data/subset=full" in str(err.value.__cause__)
+
+
 def test_missing_rating_files_are_named(tmp_path):
     with pytest.raises(DataError, match="lacks ml-1m.train.rating and ml-1m.test.rating"):
         NCFReader().files(tmp_path)
@@ -153,8 +191,9 @@ def test_real_ncf_test_files_drive_the_test_candidates(make_cfg, tmp_path):
     the shared data: a training file is made up for the first 40 users, avoiding each user's
     test movie and candidates)."""
     real = shared_data() / "ncf-ml-1m"
-    users, items, candidates = read_ncf_negatives(real / "ml-1m.test.negative")
+    users, items, candidates, lines = read_ncf_negatives(real / "ml-1m.test.negative")
     assert candidates.shape == (6040, 99) and (users == np.arange(6040)).all()
+    assert (lines == np.arange(1, 6041)).all()
     test_lines = (real / "ml-1m.test.rating").read_text().splitlines()
     assert [tuple(map(int, line.split("\t")[:2])) for line in test_lines] == list(zip(users, items))
 

@@ -18,6 +18,7 @@ from flixrec.data.sampling import (UnratedItems, is_member, pair_keys, rated_ite
                                     sample_candidates)
 from flixrec.data.split import (Split, leave_one_out, map_probe, probe, recency_key, splitmix64,
                                 temporal)
+from flixrec.data.subset import Full
 from flixrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,9 @@ class RatingsDataModule(pl.LightningDataModule):
                               f"or null for equal weights")
         if on_bad_lines not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_lines={on_bad_lines!r}: choose error or skip")
+        if split == "ncf" and subset is not None and (not isinstance(subset, Full) or subset.min_rating is not None):
+            raise ConfigError(f"data.split=ncf scores the NCF authors' fixed candidates, which "
+                              f"data/subset={subset} would cut into; use data/subset=full")
         self.name, self.root, self.cache_dir = name, root, cache_dir
         self.reader = reader(on_bad_lines=on_bad_lines)
         self.generate, self.subset, self.split = generate, subset, split
@@ -395,7 +399,8 @@ class RatingsDataModule(pl.LightningDataModule):
         """(users, 1 + n) test candidates from `<prefix>.test.negative`: each evaluated user's
         test item, then the n movies the authors ranked it against. Every evaluated user must
         have a line whose (user,item) is their test rating, and its candidates must be distinct
-        movies of this table that the user did not rate in training.
+        movies of the rating files that the user did not rate (other than their test movie,
+        below); otherwise the first bad line of the file is named.
 
         The authors' ml-1m file lists the user's own test movie among its candidates on 156 of
         its 6,040 lines (their evaluation code then ranks it against the other 98). Here such a
@@ -405,7 +410,7 @@ class RatingsDataModule(pl.LightningDataModule):
         from flixrec.data.ncf import read_ncf_negatives
 
         path = Path(self.root) / f"{self._ncf_prefix()}.test.negative"
-        file_users, file_items, candidates = read_ncf_negatives(path)
+        file_users, file_items, candidates, file_lines = read_ncf_negatives(path)
         n = candidates.shape[1]
         if n != self.num_test_negatives:
             raise ConfigError(f"data.num_test_negatives={self.num_test_negatives}, but {path} ranks "
@@ -417,8 +422,9 @@ class RatingsDataModule(pl.LightningDataModule):
         lines = torch.arange(len(users))[known]
         line_of_user[torch.from_numpy(users)[known]] = lines
         if len(torch.unique(line_of_user[line_of_user >= 0])) < len(lines):
-            first = _first_duplicate(users)
-            raise DataError(path, f"user {file_users[first]} has a second line", line=first + 1)
+            known_lines = np.flatnonzero(users >= 0)
+            first = known_lines[_first_duplicate(users[known_lines])]
+            raise DataError(path, f"user {file_users[first]} has a second line", line=int(file_lines[first]))
         rows = line_of_user[eval_users]
         if (rows < 0).any():
             missing = t.user_ids[eval_users[rows < 0][0]]
@@ -428,15 +434,16 @@ class RatingsDataModule(pl.LightningDataModule):
         own = items == positives[:, None]  # the user's own test movie listed as a candidate
         problems = [
             (first_item != positives, "its (user,item) is not the user's test rating"),
-            ((items < 0).any(1), "a candidate is not a movie of the training data"),
-            ((is_member(self.train_keys, eval_users[:, None], items.clamp(min=0), t.num_items) & ~own).any(1),
-             "a candidate was rated by the user in training"),
+            ((items < 0).any(1), "a candidate is not a movie of the rating files"),
+            ((is_member(seen_keys, eval_users[:, None], items.clamp(min=0), t.num_items) & ~own).any(1),
+             "a candidate is a movie the user rated"),
             ((torch.sort(items, 1).values.diff(1) == 0).any(1), "a candidate is listed twice"),
         ]
-        for bad, problem in problems:
-            if bad.any():
-                line = int(rows[bad.nonzero()[0, 0]]) + 1
-                raise DataError(path, problem, line=line)
+        bad = torch.stack([b for b, _ in problems]).any(0)
+        if bad.any():  # the first bad line of the file, with its first problem
+            first = int(torch.argmin(torch.where(bad, rows, len(file_users))))
+            problem = next(text for b, text in problems if b[first])
+            raise DataError(path, problem, line=int(file_lines[int(rows[first])]))
         hit = own.any(1)
         self.ncf_candidates_replaced = int(hit.sum())
         if hit.any():

@@ -83,31 +83,37 @@ def read_ncf_test(root: str | Path, prefix: str, on_bad_lines: str = "error") ->
     return users, items
 
 
-def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user ids (N,), test item ids (N,), candidate ids (N, n)) int64 of a `.test.negative`
-    file: lines `(user,item)<TAB>neg_1<TAB>...<TAB>neg_n`, every line with the same n. The first
-    bad line raises DataError with its number (a file of held-out candidates is never skipped
-    over: a run scored on part of it would not be comparable)."""
+def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids (N,), test item ids (N,), candidate ids (N, n), 1-based line numbers (N,)),
+    all int64, of a `.test.negative`
+    file: lines `(user,item)<TAB>neg_1<TAB>...<TAB>neg_n`, every line with the same n (the
+    count most lines have; trailing whitespace and blank lines are ignored). The first bad line,
+    in file order, raises DataError with its number (a file of held-out candidates is never
+    skipped over: a run scored on part of it would not be comparable)."""
     if not path.is_file():
         raise DataError(path, "not found: data.split=ncf ranks each test item against the "
                               "candidates in this file")
     try:
-        df = pd.read_csv(path, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE,
-                         engine="c", encoding="latin-1", skip_blank_lines=False)
-    except pd.errors.ParserError as exc:
-        raise DataError(path, f"lines differ in their number of candidates ({exc})") from None
-    except (OSError, UnicodeError, ValueError) as exc:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
         raise DataError(path, f"cannot be read: {exc}") from None
-    if df.shape[1] < 2:
-        raise DataError(path, "expected (user,item) and at least one candidate per line, tab-separated", line=1)
-    pair = df[0].str.extract(r"^\((\d+),(\d+)\)$")
-    negatives = df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce")
-    bad = pair.isna().any(axis=1).to_numpy() | negatives.isna().any(axis=1).to_numpy()
-    bad |= (negatives.to_numpy(np.float64) % 1 != 0).any(axis=1) | (negatives.to_numpy(np.float64) < 0).any(axis=1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        text = "\t".join(str(v) for v in df.iloc[row].tolist() if v == v)[:120]
-        raise DataError(path, f"line is not '(user,item)<TAB>candidate<TAB>...' with "
-                              f"{df.shape[1] - 1} whole-number candidates: {text!r}", line=row + 1)
+    lines = pd.Series(text.splitlines(), dtype=object).str.rstrip()
+    numbers = np.flatnonzero((lines != "").to_numpy()) + 1   # 1-based line numbers kept
+    lines = lines[lines != ""].reset_index(drop=True)
+    if len(lines) == 0:
+        raise DataError(path, "has no lines")
+    fields = (lines.str.count("\t") + 1).to_numpy()
+    n = int(pd.Series(fields).mode().max()) - 1  # candidates per line, as most lines have
+    parts = lines.str.split("\t", expand=True)
+    pair = parts[0].str.extract(r"^\((\d+),(\d+)\)$")
+    bad = (fields != n + 1) | pair.isna().any(axis=1).to_numpy()
+    negatives = parts.iloc[:, 1:n + 1]
+    whole = np.column_stack([negatives[c].str.fullmatch(r"\d+").fillna(False).to_numpy(bool)
+                             for c in negatives.columns]) if n else np.zeros((len(lines), 0), bool)
+    bad |= ~whole.all(axis=1)
+    if n < 1 or bad.any():
+        row = int(np.argmax(bad)) if n else 0
+        raise DataError(path, f"line is not '(user,item)<TAB>candidate<TAB>...' with {n} whole-number "
+                              f"candidates, as most lines have: {lines[row][:120]!r}", line=int(numbers[row]))
     return (pair[0].to_numpy(np.int64), pair[1].to_numpy(np.int64),
-            negatives.to_numpy(np.int64))
+            negatives.to_numpy().astype(np.int64), numbers.astype(np.int64))
