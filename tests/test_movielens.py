@@ -221,6 +221,34 @@ def test_ml100k_falls_back_to_the_recbole_wheel(tmp_path: Path, monkeypatch) -> 
     assert triples(ML100KReader().parse(out)) == [(196, 242, 3, 881250949)]
 
 
+def test_ncf_files_are_fetched_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    served = {"train.rating": b"0\t1\t5\t10\n", "test.rating": b"0\t2\t4\t20\n",
+              "test.negative": b"(0,2)\t3\t4\n"}
+    asked = []
+
+    def fake(url, timeout):
+        asked.append(url)
+        for suffix, body in served.items():
+            if url.endswith("ml-1m." + suffix):
+                return io.BytesIO(body)
+        raise urllib.error.URLError("not found")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", fake)
+    out = download.download("ncf-ml-1m", tmp_path / "ncf")
+    assert sorted(p.name for p in out.iterdir()) == sorted(download.NCF_FILES)
+    assert all("hexiangnan/neural_collaborative_filtering" in url for url in asked)
+    assert (out / "ml-1m.test.negative").read_bytes() == served["test.negative"]
+    download.download("ncf-ml-1m", out)  # already there: nothing fetched
+    assert len(asked) == 3
+    # a failed file leaves no partial file behind and names what to fetch by hand
+    del served["test.negative"]
+    with pytest.raises(FlixrecError, match="ml-1m.test.negative from the Data/ folder.*by hand"):
+        download.download("ncf-ml-1m", tmp_path / "ncf2")
+    assert sorted(p.name for p in (tmp_path / "ncf2").iterdir()) == ["ml-1m.test.rating", "ml-1m.train.rating"]
+
+
 @pytest.mark.skipif(not os.environ.get("FLIXREC_NETWORK_TESTS"), reason="FLIXREC_NETWORK_TESTS not set: no network tests")
 def test_real_ml100k_download(tmp_path: Path) -> None:
     out = download.download("ml-100k", tmp_path / "ml100k", timeout=20)

@@ -1,8 +1,9 @@
 """Fetch a MovieLens data set: `python -m flixrec.data.download NAME DIR`.
 
-NAME is ml-100k, ml-1m or ml-latest-small. The official GroupLens zip is downloaded with urllib
-and its files are extracted straight into DIR (without the zip's top folder), so that
-`data.root=DIR` works. For ml-100k only, when GroupLens cannot be reached, RecBole's copy is taken
+NAME is ml-100k, ml-1m, ml-latest-small or ncf-ml-1m. The official GroupLens zip is downloaded
+with urllib and its files are extracted straight into DIR (without the zip's top folder), so that
+`data.root=DIR` works. ncf-ml-1m is the NCF authors' pre-split MovieLens-1M (three text files
+from their GitHub repository, each written whole or not at all). For ml-100k only, when GroupLens cannot be reached, RecBole's copy is taken
 from its PyPI wheel (`pip download --no-deps recbole==1.2.1`): `ml-100k.inter` and
 `ml-100k.item`, the same 100,000 ratings, which `ML100KReader` reads too.
 """
@@ -22,12 +23,16 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from flixrec.data.movielens import ML100KReader, ML1MReader, MLLatestSmallReader
+from flixrec.data.ncf import NCFReader
 from flixrec.errors import DataError, FlixrecError
 
 log = logging.getLogger(__name__)
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/{name}.zip"
-READERS = {"ml-100k": ML100KReader, "ml-1m": ML1MReader, "ml-latest-small": MLLatestSmallReader}
+READERS = {"ml-100k": ML100KReader, "ml-1m": ML1MReader, "ml-latest-small": MLLatestSmallReader,
+           "ncf-ml-1m": NCFReader}
+NCF = "https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/master/Data/{file}"
+NCF_FILES = ("ml-1m.train.rating", "ml-1m.test.rating", "ml-1m.test.negative")
 RECBOLE = "recbole==1.2.1"
 RECBOLE_FILES = ("recbole/dataset_example/ml-100k/ml-100k.inter",
                  "recbole/dataset_example/ml-100k/ml-100k.item")
@@ -60,6 +65,17 @@ def download(name: str, out: Path, force: bool = False, timeout: float = 60.0) -
 
 
 def _fetch(name: str, reader, out: Path, timeout: float) -> None:
+    if name == "ncf-ml-1m":
+        for file in NCF_FILES:
+            url = NCF.format(file=file)
+            try:
+                _fetch_file(url, out / file, timeout)
+            except OSError as exc:
+                raise FlixrecError(
+                    f"could not download {url} ({getattr(exc, 'reason', exc)}). Put "
+                    f"{', '.join(NCF_FILES)} from the Data/ folder of "
+                    f"github.com/hexiangnan/neural_collaborative_filtering into {out} by hand.") from None
+        return
     url = GROUPLENS.format(name=name)
     try:
         _fetch_grouplens(url, out, timeout)
@@ -80,9 +96,20 @@ def _fetch(name: str, reader, out: Path, timeout: float) -> None:
 def _present(reader, out: Path) -> bool:
     try:
         reader.files(out)
-        return True
     except DataError:
         return False
+    return not isinstance(reader, NCFReader) or (out / NCF_FILES[2]).is_file()
+
+
+def _fetch_file(url: str, dest: Path, timeout: float) -> None:
+    """Download `url` to `dest`, which appears whole (a temporary name, then a rename)."""
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fetch_grouplens(url: str, out: Path, timeout: float) -> None:
@@ -144,7 +171,8 @@ def extract_members(archive: Path, members: dict[str, str], out: Path) -> list[P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Download a MovieLens data set into DIR.")
+    p = argparse.ArgumentParser(description="Download a MovieLens data set (or the NCF authors' "
+                                            "MovieLens-1M split) into DIR.")
     p.add_argument("name", choices=sorted(READERS))
     p.add_argument("dir", type=Path)
     p.add_argument("--force", action="store_true", help="download even if DIR already has the data")
