@@ -548,6 +548,11 @@ def fmt(x, digits=0) -> str:
     return f"{x:,.0f}" if isinstance(x, (int, float)) else str(x)
 
 
+def times(r) -> str:
+    """A ratio as "4.36x", or "n/a" where the baseline was not run."""
+    return "n/a" if r is None else f"{r}x"
+
+
 def met(value, target, higher=True) -> str:
     if value is None:
         return "not measured"
@@ -655,8 +660,12 @@ def write_markdown(res: dict, path: Path) -> None:
             bs = f"{fmt(b['prepare_s'], 1)} / {fmt(b['wall_s'], 1)}, {fmt(b['peak_rss_mb'])}" if b else "not run"
             L.append(f"| {r['ratings']:,} | {fmt(ds.get('users'))} x {fmt(ds.get('items'))} | "
                      f"{fmt(c['prepare_s'], 1)} / {fmt(c['wall_s'], 1)}, {fmt(c['peak_rss_mb'])} | "
-                     f"{fmt(w['wall_s'], 1)} | {bs} | {r.get('ratio_prepare_cold', 'n/a')}x | "
-                     f"{r.get('ratio_wall_cold', 'n/a')}x | {r.get('ratio_peak_rss', 'n/a')}x |")
+                     f"{fmt(w['wall_s'], 1)} | {bs} | {times(r.get('ratio_prepare_cold'))} | "
+                     f"{times(r.get('ratio_wall_cold'))} | {times(r.get('ratio_peak_rss'))} |")
+        if any(not r.get("baseline") for r in res["data_prep"]["rows"]):
+            L += ["", "The baseline runs up to 10M ratings only: its peak memory grows with the data "
+                      "(about 2.3 GB at 10M), so at 100M it would need about ten times that, near all of "
+                      "a 24 GB machine."]
         L.append("")
     if "eval" in res:
         L += ["## Evaluation throughput (users/s, untrained NeuMF: speed does not depend on the weights)", "",
