@@ -113,7 +113,14 @@ def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     bad |= ~whole.all(axis=1)
     if n < 1 or bad.any():
         row = int(np.argmax(bad)) if n else 0
+        if fields[row] != n + 1:
+            what = f"it has {fields[row] - 1}"
+        elif pd.isna(pair.iloc[row, 0]):
+            what = f"it starts with {parts.iloc[row, 0][:40]!r}"
+        else:
+            field = int(np.argmin(whole[row]))
+            what = f"candidate {field + 1} is {negatives.iloc[row, field][:40]!r}"
         raise DataError(path, f"line is not '(user,item)<TAB>candidate<TAB>...' with {n} whole-number "
-                              f"candidates, as most lines have: {lines[row][:120]!r}", line=int(numbers[row]))
+                              f"candidates, as most lines have: {what}", line=int(numbers[row]))
     return (pair[0].to_numpy(np.int64), pair[1].to_numpy(np.int64),
             negatives.to_numpy().astype(np.int64), numbers.astype(np.int64))
