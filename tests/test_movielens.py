@@ -236,6 +236,13 @@ def test_ncf_files_are_fetched_whole_or_not_at_all(tmp_path: Path, monkeypatch) 
         raise urllib.error.URLError("not found")
 
     monkeypatch.setattr(download.urllib.request, "urlopen", fake)
+    blobs = {}
+    for suffix, body in served.items():  # the ids `git hash-object` gives these bodies
+        (tmp_path / suffix).write_bytes(body)
+        blobs["ml-1m." + suffix] = download.git_blob_id(tmp_path / suffix)
+    # the real ids are those of the authors' files (the test files' are checked in test_ncf.py)
+    assert set(download.NCF_BLOBS) == set(blobs)
+    monkeypatch.setattr(download, "NCF_BLOBS", blobs)
     out = download.download("ncf-ml-1m", tmp_path / "ncf")
     assert sorted(p.name for p in out.iterdir()) == sorted(download.NCF_FILES)
     assert all("hexiangnan/neural_collaborative_filtering" in url for url in asked)
@@ -247,6 +254,12 @@ def test_ncf_files_are_fetched_whole_or_not_at_all(tmp_path: Path, monkeypatch) 
     with pytest.raises(FlixrecError, match="ml-1m.test.negative from the Data/ folder.*by hand"):
         download.download("ncf-ml-1m", tmp_path / "ncf2")
     assert sorted(p.name for p in (tmp_path / "ncf2").iterdir()) == ["ml-1m.test.rating", "ml-1m.train.rating"]
+    # a file that is not the authors' (another git blob id) is refused and not kept
+    served["test.negative"] = b"(0,2)\t3\t5\n"
+    with pytest.raises(FlixrecError, match="differs from the authors'"):
+        download.download("ncf-ml-1m", tmp_path / "ncf2")
+    assert not (tmp_path / "ncf2" / "ml-1m.test.negative").exists()
+    assert not list((tmp_path / "ncf2").glob(".*tmp*"))
 
 
 @pytest.mark.skipif(not os.environ.get("FLIXREC_NETWORK_TESTS"), reason="FLIXREC_NETWORK_TESTS not set: no network tests")

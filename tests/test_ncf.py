@@ -149,6 +149,35 @@ def test_first_bad_line_in_file_order_is_named(make_cfg, tmp_path):
     assert err.value.line == 5
 
 
+def test_line_numbers_follow_the_file_not_the_users(make_cfg, tmp_path):
+    # lines in reverse user order, after an unknown user's line and a blank line: the first
+    # bad line of the FILE (user 20's, line 12) is named, not the first bad user (user 3)
+    train, test, negatives = small_ncf(tmp_path / "ncf")
+    negatives[3] = [999] + negatives[3][1:]
+    negatives[20] = [train[20][0]] + negatives[20][1:]
+    order = sorted(negatives, reverse=True)
+    body = "".join(f"({u},{test[u]})\t" + "\t".join(map(str, negatives[u])) + "\n" for u in order)
+    path = tmp_path / "ncf" / "ml-1m.test.negative"
+    path.write_text("(500,1)\t" + "\t".join(map(str, range(2, 12))) + "\n\n" + body)
+    with pytest.raises(DataError, match="a movie the user rated") as err:
+        setup_dm(make_cfg, tmp_path / "ncf")
+    assert err.value.line == 2 + order.index(20) + 1 == 12  # two lines, then users 29, 28, ...
+
+
+@pytest.mark.parametrize("text, message, line", [
+    ("\n(0,1)\n(1,2)\n", "no candidates", 2),
+    ("(0,1)\t2\t3\n(1,2)\t3\t99999999999999999999\n", "candidate 2 is '99999999999999999999'", 2),
+    # a form feed is part of its line, not a line break: line 2 is bad, and named as line 2
+    ("(0,1)\t2\t3\n(1,2)\t3\x0c\t4\n(2,3)\t4\t5\n", r"candidate 1 is '3\\x0c'", 2),
+])
+def test_unreadable_negatives_lines(tmp_path, text, message, line):
+    path = tmp_path / "ml-1m.test.negative"
+    path.write_text(text, encoding="latin-1")
+    with pytest.raises(DataError, match=message) as err:
+        read_ncf_negatives(path)
+    assert err.value.line == line
+
+
 def test_trailing_tabs_and_blank_lines_are_ignored_and_unknown_users_skipped(make_cfg, tmp_path):
     train, test, negatives = small_ncf(tmp_path / "ncf")
     write_ncf(tmp_path / "ncf", train, test, negatives)
@@ -222,3 +251,11 @@ def test_real_ncf_test_files_drive_the_test_candidates(make_cfg, tmp_path):
     assert own[12].any() and (got[:, 1:] == candidates[:keep])[~own].all()
     assert (got[:, 1:][own] != items[:keep][own.any(1)]).all()
     assert all(len(set(row)) == 100 for row in got.tolist())
+
+
+def test_download_checks_the_real_test_files_git_blob_ids():
+    from flixrec.data.download import NCF_BLOBS, git_blob_id
+
+    real = shared_data() / "ncf-ml-1m"
+    for name in ("ml-1m.test.rating", "ml-1m.test.negative"):
+        assert git_blob_id(real / name) == NCF_BLOBS[name]

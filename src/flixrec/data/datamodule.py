@@ -380,7 +380,7 @@ class RatingsDataModule(pl.LightningDataModule):
         if self.split == "ncf":
             from flixrec.data.ncf import read_ncf_test
 
-            users, items = read_ncf_test(self.root, self._ncf_prefix(), self.on_bad_lines)
+            users, items = read_ncf_test(self.root, self._ncf_prefix())
             users, items = map_probe(users, items, table.user_ids, table.item_ids)
             # as with the probe set: the file's rating is the test positive, the user's latest
             # other rating the validation positive, and neither is trained on

@@ -11,6 +11,8 @@ from its PyPI wheel (`pip download --no-deps recbole==1.2.1`): `ml-100k.inter` a
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -31,8 +33,13 @@ log = logging.getLogger(__name__)
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/{name}.zip"
 READERS = {"ml-100k": ML100KReader, "ml-1m": ML1MReader, "ml-latest-small": MLLatestSmallReader,
            "ncf-ml-1m": NCFReader}
-NCF = "https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/master/Data/{file}"
-NCF_FILES = ("ml-1m.train.rating", "ml-1m.test.rating", "ml-1m.test.negative")
+# the authors' repository at a fixed commit; each file is checked against its git blob id there
+NCF = ("https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/"
+       "4aab159e81c44b062c091bdaed0ab54ac632371f/Data/{file}")
+NCF_BLOBS = {"ml-1m.train.rating": "31ba384fd58dac8fbd09d2dfc6616431f3563ab5",
+             "ml-1m.test.rating": "1b79e03c96710c3b0c35deb19155ef74f7965a02",
+             "ml-1m.test.negative": "c82844fb99d021f94751a6f915a230a1e8b8da92"}
+NCF_FILES = tuple(NCF_BLOBS)
 RECBOLE = "recbole==1.2.1"
 RECBOLE_FILES = ("recbole/dataset_example/ml-100k/ml-100k.inter",
                  "recbole/dataset_example/ml-100k/ml-100k.item")
@@ -69,8 +76,8 @@ def _fetch(name: str, reader, out: Path, timeout: float) -> None:
         for file in NCF_FILES:
             url = NCF.format(file=file)
             try:
-                _fetch_file(url, out / file, timeout)
-            except OSError as exc:
+                _fetch_file(url, out / file, timeout, NCF_BLOBS[file])
+            except (OSError, http.client.HTTPException) as exc:  # a dropped connection: IncompleteRead
                 raise FlixrecError(
                     f"could not download {url} ({getattr(exc, 'reason', exc)}). Put "
                     f"{', '.join(NCF_FILES)} from the Data/ folder of "
@@ -101,15 +108,27 @@ def _present(reader, out: Path) -> bool:
     return not isinstance(reader, NCFReader) or (out / NCF_FILES[2]).is_file()
 
 
-def _fetch_file(url: str, dest: Path, timeout: float) -> None:
-    """Download `url` to `dest`, which appears whole (a temporary name, then a rename)."""
+def _fetch_file(url: str, dest: Path, timeout: float, blob: str | None = None) -> None:
+    """Download `url` to `dest`, which appears whole (a temporary name, then a rename), and only
+    if its git blob id (`git hash-object`) is `blob`, when given."""
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f, 1 << 20)
+        if blob is not None and (got := git_blob_id(tmp)) != blob:
+            raise OSError(f"the file differs from the authors' (git blob {got}, expected {blob})")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git gives the file's content: sha1 of "blob <size>\\0" followed by the bytes."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fetch_grouplens(url: str, out: Path, timeout: float) -> None:

@@ -76,10 +76,12 @@ class NCFReader:
                               "skipped_lines": skipped_lines})
 
 
-def read_ncf_test(root: str | Path, prefix: str, on_bad_lines: str = "error") -> tuple[np.ndarray, np.ndarray]:
-    """(user ids, item ids) int64 of `<prefix>.test.rating`: each user's test rating."""
+def read_ncf_test(root: str | Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids, item ids) int64 of `<prefix>.test.rating`: each user's test rating. A bad
+    line always stops the run, whatever `data.on_bad_lines` says: skipping it would quietly
+    drop a user from the comparison with the authors' figures."""
     layout, path = _layout(Path(root), prefix, "test")
-    users, items, _, _, _ = _read_ratings(path, layout, on_bad_lines)
+    users, items, _, _, _ = _read_ratings(path, layout, "error")
     return users, items
 
 
@@ -97,7 +99,9 @@ def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
         raise DataError(path, f"cannot be read: {exc}") from None
-    lines = pd.Series(text.splitlines(), dtype=object).str.rstrip()
+    # split at newlines only (str.splitlines would also split at form feeds and other
+    # separators latin-1 can hold, shifting every later line number); read_text made CRLF LF
+    lines = pd.Series(text.split("\n"), dtype=object).str.rstrip()
     numbers = np.flatnonzero((lines != "").to_numpy()) + 1   # 1-based line numbers kept
     lines = lines[lines != ""].reset_index(drop=True)
     if len(lines) == 0:
@@ -105,14 +109,17 @@ def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     fields = (lines.str.count("\t") + 1).to_numpy()
     n = int(pd.Series(fields).mode().max()) - 1  # candidates per line, as most lines have
     parts = lines.str.split("\t", expand=True)
-    pair = parts[0].str.extract(r"^\((\d+),(\d+)\)$")
+    pair = parts[0].str.extract(r"^\((\d{1,18}),(\d{1,18})\)$")  # ids that fit int64
     bad = (fields != n + 1) | pair.isna().any(axis=1).to_numpy()
     negatives = parts.iloc[:, 1:n + 1]
-    whole = np.column_stack([negatives[c].str.fullmatch(r"\d+").fillna(False).to_numpy(bool)
+    whole = np.column_stack([negatives[c].str.fullmatch(r"\d{1,18}").fillna(False).to_numpy(bool)
                              for c in negatives.columns]) if n else np.zeros((len(lines), 0), bool)
     bad |= ~whole.all(axis=1)
-    if n < 1 or bad.any():
-        row = int(np.argmax(bad)) if n else 0
+    if n < 1:
+        raise DataError(path, "lines list no candidates after '(user,item)' (expected "
+                              "'(user,item)<TAB>candidate<TAB>...')", line=int(numbers[0]))
+    if bad.any():
+        row = int(np.argmax(bad))
         if fields[row] != n + 1:
             what = f"it has {fields[row] - 1}"
         elif pd.isna(pair.iloc[row, 0]):
