@@ -159,3 +159,22 @@ def test_comparison_has_an_oracle_row_per_synthetic_data_set():
     assert summary.loc[("a", "oracle"), "test_full/hr@10 mean"] == 0.4
     assert summary.loc[("b", "oracle"), "test/hr@10 mean"] == 0.9
     assert summary.loc[("b", "oracle"), "runs"] == 1
+
+
+def test_comparison_keeps_swept_settings_apart_and_names_them():
+    from flixrec.report import summarise
+
+    runs = pd.DataFrame([
+        {"data": "d", "model": "neumf", "seed": s, "lr": lr, "loss": "bce", "batch_size": 256,
+         "run": f"{lr}/{s}", "best_epoch": s, "test/hr@10": hr}
+        for (lr, s, hr) in [(0.001, 1, 0.5), (0.001, 2, 0.7), (0.01, 1, 0.8), (0.01, 2, 0.9)]
+    ] + [
+        {"data": "d", "model": "gmf", "seed": s, "lr": 0.001, "loss": "bce", "batch_size": 256,
+         "run": f"gmf/{s}", "best_epoch": 3 - s, "test/hr@10": 0.4}   # seeds only: one plain row
+        for s in (1, 2)
+    ])
+    summary = summarise(runs).set_index("model")
+    assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)"}
+    assert summary.loc["neumf (lr=0.001)", "test/hr@10 mean"] == 0.6
+    assert summary.loc["neumf (lr=0.01)", "test/hr@10 mean"] == 0.85
+    assert (summary["runs"] == 2).all()

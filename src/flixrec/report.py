@@ -44,11 +44,32 @@ def collect_runs(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds"}
+
+
+def setting_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run, its model name, followed by the settings that tell it apart from other runs of
+    the same model and data, e.g. "neumf (lr=0.01)" when a sweep varied the learning rate;
+    the bare model name when its runs differ by seed only."""
+    settings = [c for c in runs.columns if c not in NOT_SETTINGS and "/" not in c]
+    labels = runs["model"].astype(str)
+    for _, group in runs.groupby(["data", "model"], sort=False):
+        values = group[settings].astype(str)
+        varying = [c for c in settings if values[c].nunique() > 1]
+        if varying:
+            labels.loc[group.index] = group["model"].astype(str) + " (" + values[varying].apply(
+                lambda col: col.name + "=" + col).agg(", ".join, axis=1) + ")"
+    return labels
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and count of the test metrics per (data, model); on synthetic
-    data also a row `oracle` (ranking by the generator's true scores, once per seed)."""
+    """Mean, standard deviation and count of the test metrics per (data, model setting); on
+    synthetic data also a row `oracle` (ranking by the generator's true scores, once per seed).
+    Runs of one model that differ in a setting besides the seed (a sweep over `model.loss` or
+    the learning rate) get a row each, labelled with that setting (`setting_labels`)."""
     cols = [c for c in runs.columns if c.startswith(("test/", "test_full/")) and
             c.split("/")[1] in METRICS]
+    runs = runs.assign(model=setting_labels(runs))
     oracle = [c for c in runs.columns if c.startswith("oracle_")]
     if oracle:
         # the oracle of synthetic data, as one more row per data set: ranking by the true scores
