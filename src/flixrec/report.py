@@ -105,6 +105,10 @@ def plot_metric(summary: pd.DataFrame, metric: str, path: Path) -> None:
                     textcoords="offset points", ha="center", color="white", fontsize=8)
     data_names = ", ".join(sorted(summary["data"].unique()))
     ax.set_title(f"Test {metric.upper()} per model\n({data_names}; mean ± s.d. over seeds)")
+    if max(len(line) for label in labels for line in label.split("\n")) > 18:
+        ax.tick_params(axis="x", labelrotation=30)  # long setting names would overlap
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
     ax.set_xlabel("model")
     ax.set_ylabel(f"test {metric}")
     ax.set_ylim(0, min(1.0, max(0.05, float((means + stds).max()) * 1.15)))
