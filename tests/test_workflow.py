@@ -173,8 +173,11 @@ def test_comparison_keeps_swept_settings_apart_and_names_them():
          "run": f"gmf/{s}", "best_epoch": 3 - s, "test/hr@10": 0.4}   # seeds only: one plain row
         for s in (1, 2)
     ])
+    runs = pd.concat([runs, pd.DataFrame([  # a setting that follows the seed splits nothing
+        {"data": "d", "model": "neumf_pretrained", "seed": s, "lr": 1.0, "net.gmf_ckpt": f"pre/{s}/best.ckpt",
+         "run": f"pt/{s}", "test/hr@10": 0.5} for s in (1, 2)])], ignore_index=True)
     summary = summarise(runs).set_index("model")
-    assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)"}
+    assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)", "neumf_pretrained"}
     assert summary.loc["neumf (lr=0.001)", "test/hr@10 mean"] == 0.6
     assert summary.loc["neumf (lr=0.01)", "test/hr@10 mean"] == 0.85
     assert (summary["runs"] == 2).all()

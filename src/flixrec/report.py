@@ -49,13 +49,15 @@ NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds"}
 
 def setting_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run, its model name, followed by the settings that tell it apart from other runs of
-    the same model and data, e.g. "neumf (lr=0.01)" when a sweep varied the learning rate;
-    the bare model name when its runs differ by seed only."""
+    the same model and data with the same seed, e.g. "neumf (lr=0.01)" when a sweep varied the
+    learning rate; the bare model name when its runs differ by seed only (settings that follow
+    the seed, like the per-seed checkpoint paths of neumf_pretrained, do not split a model)."""
     settings = [c for c in runs.columns if c not in NOT_SETTINGS and "/" not in c]
     labels = runs["model"].astype(str)
     for _, group in runs.groupby(["data", "model"], sort=False):
         values = group[settings].astype(str)
-        varying = [c for c in settings if values[c].nunique() > 1]
+        per_seed = values.groupby(group["seed"].to_numpy()).nunique()
+        varying = [c for c in settings if per_seed[c].max() > 1]
         if varying:
             labels.loc[group.index] = group["model"].astype(str) + " (" + values[varying].apply(
                 lambda col: col.name + "=" + col).agg(", ".join, axis=1) + ")"

@@ -10,7 +10,6 @@ its candidates from the negatives file, so a run is scored on exactly the author
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +86,9 @@ def read_ncf_test(root: str | Path, prefix: str) -> tuple[np.ndarray, np.ndarray
 
 def read_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(user ids (N,), test item ids (N,), candidate ids (N, n), 1-based line numbers (N,)),
-    all int64, of a `.test.negative`
-    file: lines `(user,item)<TAB>neg_1<TAB>...<TAB>neg_n`, every line with the same n (the
-    count most lines have; trailing whitespace and blank lines are ignored). The first bad line,
+    all int64, of a `.test.negative` file: lines `(user,item)<TAB>neg_1<TAB>...<TAB>neg_n`,
+    every line with the same n (the count most lines have; trailing whitespace and blank lines
+    are ignored). The first bad line,
     in file order, raises DataError with its number (a file of held-out candidates is never
     skipped over: a run scored on part of it would not be comparable)."""
     if not path.is_file():
