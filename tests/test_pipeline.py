@@ -195,3 +195,27 @@ def test_recency_half_life_weights_each_users_latest_training_rating_most(make_c
     plain = instantiate(make_cfg([]).data, _convert_="partial")
     plain.setup("fit")
     assert plain.train_weights is None and "weights" not in next(iter(plain.train_dataloader()))
+
+
+def test_train_threads_apply_while_fitting_and_are_restored(make_cfg):
+    import pytorch_lightning as pl
+
+    class Seen(pl.Callback):
+        threads: set = set()
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            Seen.threads.add(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    cfg = make_cfg(["model=gmf", "trainer.max_epochs=1", "train_threads=1", "test=false"])
+    from flixrec.run import build_trainer
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(Seen())
+    dm, model = build(cfg)
+    trainer.fit(model, datamodule=dm)
+    assert Seen.threads == {1}
+    assert torch.get_num_threads() == before   # data preparation and the test keep every core
+    from flixrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_threads=0"):
+        build_trainer(make_cfg(["train_threads=0"]))

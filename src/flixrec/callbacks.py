@@ -9,12 +9,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
+
+from flixrec.errors import ConfigError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -85,6 +88,34 @@ class EMAWeights(WeightAveraging):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if self._fitting(trainer):  # resuming: both the average and the raw weights return
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class TrainThreads(pl.Callback):
+    """PyTorch's intra-op CPU threads while fitting (training and validation), restored when
+    the fit ends, so data preparation and the test keep every core (top-level `train_threads`).
+
+    On a small CPU the ops of a training step are small (a batch of 1,024 positives is a few
+    hundred thousand numbers per op), and waking the other threads for each of them costs more
+    than it saves: NeuMF at the default size and batch trained 2.1x faster on one thread than on
+    two on the project's 2-core machine (bench/RESULTS.md). Wider models and batches gain from
+    more threads again, so the setting is a config value, not a rule."""
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ConfigError(f"train_threads={threads}: use 1 or more, or null for PyTorch's default "
+                              f"(one thread per core)")
+        self.threads = threads
+        self._saved: int | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._saved = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self._saved is not None:
+            torch.set_num_threads(self._saved)
+            self._saved = None
 
 
 class ResumableCheckpoint(ModelCheckpoint):

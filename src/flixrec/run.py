@@ -62,7 +62,7 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
     """The Lightning Trainer of `cfg.trainer`, with the configured callbacks and loggers."""
     from hydra.utils import instantiate
 
-    from flixrec.callbacks import AtomicCheckpointIO
+    from flixrec.callbacks import AtomicCheckpointIO, TrainThreads
 
     check_trainer(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -73,6 +73,8 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
                     (name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True)):
                 continue
             callbacks.append(instantiate(c))
+    if cfg.get("train_threads") is not None:
+        callbacks.append(TrainThreads(int(cfg.train_threads)))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                        plugins=[AtomicCheckpointIO()])
 
