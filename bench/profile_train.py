@@ -149,6 +149,9 @@ def main() -> None:
     trainer.callbacks.append(timer)
     trainer.fit(model, datamodule=dm)
     dm.on_after_batch_transfer = original
+    # the bare loop runs on the threads the fit ran on (`train_threads`), for a like comparison
+    if cfg.get("train_threads") is not None:
+        torch.set_num_threads(int(cfg.train_threads))
     steps = a.steps
     per_step = {k: v / steps * 1e3 for k, v in timer.phases.items()}
     step_ms = sum(per_step.values())

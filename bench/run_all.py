@@ -29,7 +29,10 @@ between measurements):
 
 Both pipelines run with OMP_WAIT_POLICY=PASSIVE (flixrec sets it on import; the baseline gets
 it from the environment): on a shared machine, spinning OpenMP threads otherwise make any torch
-loop many times slower, which would flatter flixrec. Generated data and caches live in
+loop many times slower, which would flatter flixrec. Under it, waking a second thread for each
+small op costs more than it saves, so one thread can be faster: flixrec trains on
+`train_threads` (1 by default), and the baseline is run both on one thread and on torch's
+default, its best run counting. Generated data and caches live in
 bench/_work/run_all and are deleted at the end.
 """
 
@@ -214,7 +217,8 @@ def child_throughput(args: dict) -> dict:
         trainer.fit(model, datamodule=dm)
         rows.append({"model": v.get("name", v["model"]), "batch_size": cfg.data.batch_size,
                      "samples_per_step": per_step, "steps": steps, "seconds": round(timer.seconds, 3),
-                     "samples_per_s": round(timer.samples / timer.seconds)})
+                     "samples_per_s": round(timer.samples / timer.seconds),
+                     "train_threads": cfg.get("train_threads") or torch.get_num_threads()})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"rows": rows, "torch_threads": torch.get_num_threads()}
 
@@ -314,6 +318,13 @@ CHILDREN = {"throughput": child_throughput, "eval": child_eval, "timed_train": c
 # sections
 
 
+BASELINE_THREADS = (0, 1)  # torch's default (one per core), and one thread
+
+
+def threads_name(threads: int) -> str:
+    return "torch's default threads" if threads == 0 else f"{threads} thread"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -336,10 +347,12 @@ def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes
     base_runs, rec_base_runs, ours_runs = [], [], []
     steps = ["--root", ML100K, "--throughput-steps", "400", "--warmup-steps", "20"]
     for r in range(rounds):
-        log(f"throughput round {r + 1}/{rounds}: baseline")
-        base_runs.append(baseline(steps))
-        log(f"throughput round {r + 1}/{rounds}: baseline at the size of experiment={RECOMMENDED}")
-        rec_base_runs.append(baseline([*steps, *recommended_baseline_args()]))
+        for threads in BASELINE_THREADS:
+            log(f"throughput round {r + 1}/{rounds}: baseline ({threads_name(threads)})")
+            base_runs.append(baseline([*steps, "--threads", str(threads)]))
+            log(f"throughput round {r + 1}/{rounds}: baseline at the size of experiment={RECOMMENDED} "
+                f"({threads_name(threads)})")
+            rec_base_runs.append(baseline([*steps, *recommended_baseline_args(), "--threads", str(threads)]))
         log(f"throughput round {r + 1}/{rounds}: flixrec ({len(variants)} variants)")
         ours_runs.append(child("throughput", {"variants": variants, "root": str(ML100K),
                                               "cache": str(cache), "samples": samples, "warmup": 10}))
@@ -348,6 +361,7 @@ def section_throughput(rounds: int, samples: int, models: list[str], batch_sizes
         for row in run_.get("rows", []):
             rows.setdefault(f"{row['model']}@{row['batch_size']}", []).append(row)
     out = {"baseline_runs": [b.get("train_samples_per_s") for b in base_runs], "baseline_batch_size": 256,
+           "baseline_threads": [b.get("torch_threads") for b in base_runs],
            "recommended_baseline_runs": [b.get("train_samples_per_s") for b in rec_base_runs],
            "recommended_baseline_args": recommended_baseline_args(),
            "rounds": rounds, "runs": rows, "torch_threads": ours_runs[0].get("torch_threads")}
@@ -367,6 +381,7 @@ def summarize_throughput(out: dict) -> None:
         # the recommended setting is compared with the baseline at its own model size
         own = rec_base if rs[0]["model"].startswith("neumf, experiment=") else base
         out["rows"].append({"model": rs[0]["model"], "batch_size": rs[0]["batch_size"],
+                            "train_threads": rs[0].get("train_threads"),
                             "samples_per_step": rs[0]["samples_per_step"], "samples_per_s": sps,
                             "runs": [r["samples_per_s"] for r in rs], "ratio": ratio(sps, own)})
 
@@ -375,11 +390,14 @@ def section_ttq(rounds: int) -> dict:
     out = {"target_hr@10": TARGET_HR, "baseline": [], "recipes": {}}
     common = ["data=ml-100k", f"data.root={ML100K}"]
     for r in range(rounds):
-        log(f"time to quality round {r + 1}/{rounds}: baseline (stops at test HR@10 >= {TARGET_HR})")
-        b = baseline(["--root", ML100K, "--target-hr", str(TARGET_HR), "--epochs", "8"])
-        out["baseline"].append({k: b.get(k) for k in ("time_to_quality_s", "epochs_to_quality",
-                                                       "wall_s", "best_test_hr@10", "prepare_seconds",
-                                                       "train_samples_per_s", "failed")})
+        for threads in BASELINE_THREADS:
+            log(f"time to quality round {r + 1}/{rounds}: baseline, {threads_name(threads)} "
+                f"(stops at test HR@10 >= {TARGET_HR})")
+            b = baseline(["--root", ML100K, "--target-hr", str(TARGET_HR), "--epochs", "8",
+                          "--threads", str(threads)])
+            out["baseline"].append({k: b.get(k) for k in ("time_to_quality_s", "epochs_to_quality",
+                                                           "wall_s", "best_test_hr@10", "prepare_seconds",
+                                                           "train_samples_per_s", "torch_threads", "failed")})
         for name, recipe in TTQ_RECIPES.items():
             runs = out["recipes"].setdefault(name, {"overrides": recipe, "whole": [], "inside": []})
             for kind, timed in (("whole", False), ("inside", True)):
@@ -583,21 +601,22 @@ def write_markdown(res: dict, path: Path) -> None:
     if "throughput" in res:
         t = res["throughput"]
         L += ["## Training throughput (ML-100K, samples/s = positives + negatives)", "",
-              f"Baseline: {fmt(t['baseline_samples_per_s'])} samples/s (best of {t['rounds']} rounds: "
-              f"{', '.join(fmt(x) for x in t['baseline_runs'])}), batch 256, per-sample `Dataset`, BCELoss. "
+              f"Baseline: {fmt(t['baseline_samples_per_s'])} samples/s (best of {len(t['baseline_runs'])} runs: "
+              f"{', '.join(f'{fmt(x)} ({n} thr.)' for x, n in zip(t['baseline_runs'], t.get('baseline_threads') or [None] * 99))}), "
+              f"batch 256, per-sample `Dataset`, BCELoss. "
               f"flixrec: `trainer.fit` through `flixrec.run.build`/`build_trainer`, timed over a fixed number "
-              f"of steps after 10 warm-up steps (negatives sampled in `on_after_batch_transfer`), "
-              f"torch threads {t['torch_threads']}."
+              f"of steps after 10 warm-up steps (negatives sampled in `on_after_batch_transfer`), on "
+              f"`train_threads` threads (the column below)."
               + (f" The row of the recommended setting is compared with the baseline run at that setting's "
                  f"model size and negatives (`notebook_baseline.py {' '.join(t['recommended_baseline_args'])}`, "
                  f"batch 256): {fmt(t['recommended_baseline_samples_per_s'])} samples/s (best of "
                  f"{', '.join(fmt(x) for x in t['recommended_baseline_runs'])})."
                  if t.get("recommended_baseline_samples_per_s") else ""), "",
-              "| model | batch (positives) | samples/step | samples/s (best) | runs | vs baseline |",
-              "|---|---:|---:|---:|---|---:|"]
+              "| model | batch (positives) | samples/step | threads | samples/s (best) | runs | vs baseline |",
+              "|---|---:|---:|---:|---:|---|---:|"]
         for r in t["rows"]:
-            L.append(f"| {r['model']} | {r['batch_size']} | {r['samples_per_step']} | {fmt(r['samples_per_s'])} | "
-                     f"{', '.join(fmt(x) for x in r['runs'])} | **{r['ratio']}x** |")
+            L.append(f"| {r['model']} | {r['batch_size']} | {r['samples_per_step']} | {r.get('train_threads', '')} | "
+                     f"{fmt(r['samples_per_s'])} | {', '.join(fmt(x) for x in r['runs'])} | **{r['ratio']}x** |")
         neumf = next((r for r in t["rows"] if r["model"] == "neumf"), None)
         best = max((r for r in t["rows"] if r["model"] == "neumf"), key=lambda r: r["samples_per_s"], default=None)
         if best:
@@ -628,7 +647,8 @@ def write_markdown(res: dict, path: Path) -> None:
               "| | inside (s) | whole command (s) | test HR@10 | epochs | ratio inside | ratio whole |",
               "|---|---:|---:|---:|---:|---:|---:|"]
         for b in q["baseline"]:
-            L.append(f"| notebook baseline | {fmt(b.get('time_to_quality_s'), 1)} | {fmt(b.get('wall_s'), 1)} | "
+            threads = "" if b.get("torch_threads") is None else f", {b['torch_threads']} thread(s)"
+            L.append(f"| notebook baseline{threads} | {fmt(b.get('time_to_quality_s'), 1)} | {fmt(b.get('wall_s'), 1)} | "
                      f"{fmt(b.get('best_test_hr@10'), 4)} | {b.get('epochs_to_quality')} (trains at "
                      f"{fmt(b.get('train_samples_per_s'))} samples/s) | | |")
         for name, runs in q["recipes"].items():
