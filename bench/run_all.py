@@ -497,6 +497,10 @@ def section_eval(synthetic_n: int, baseline_users: int) -> dict:
             bases.append(baseline([*base_args, "--eval-only", "--threads", str(threads),
                                    *(["--eval-users", str(max_users)] if max_users else [])]))
         # each kind from the baseline's faster thread setting
+        for b, threads in zip(bases, BASELINE_THREADS):
+            for kind in ("sampled", "full"):
+                if b.get(kind):
+                    b[kind]["torch_threads"] = b.get("torch_threads") or threads
         base = {kind: max((b.get(kind) for b in bases if b.get(kind)), default=None,
                           key=lambda x: x.get("users_per_s") or 0) for kind in ("sampled", "full")}
         base["failed"] = next((b["failed"] for b in bases if b.get("failed")), None)
@@ -578,6 +582,16 @@ def fmt(x, digits=0) -> str:
     return f"{x:,.0f}" if isinstance(x, (int, float)) else str(x)
 
 
+def rerun_note(res: dict, section: str) -> str:
+    """A sentence saying that `section` was measured by a later, separate command, if it was."""
+    r = (res.get("reruns") or {}).get(section)
+    if not r:
+        return ""
+    return (f" This section was re-run on its own (`{r['command']}`, {r['date']}, flixrec at "
+            f"{r['commit']}{'; ' + r['why'] if r.get('why') else ''}); the others come from the "
+            f"command at the top.")
+
+
 def times(r) -> str:
     """A ratio as "4.36x", or "n/a" where the baseline was not run."""
     return "n/a" if r is None else f"{r}x"
@@ -617,7 +631,7 @@ def write_markdown(res: dict, path: Path) -> None:
         t = res["throughput"]
         L += ["## Training throughput (ML-100K, samples/s = positives + negatives)", "",
               f"Baseline: {fmt(t['baseline_samples_per_s'])} samples/s (best of {len(t['baseline_runs'])} runs: "
-              f"{', '.join(f'{fmt(x)} ({n} thr.)' for x, n in zip(t['baseline_runs'], t.get('baseline_threads') or [None] * 99))}), "
+              f"{', '.join(fmt(x) + ('' if n is None else f' ({n} thr.)') for x, n in zip(t['baseline_runs'], t.get('baseline_threads') or [None] * len(t['baseline_runs'])))}), "
               f"batch 256, per-sample `Dataset`, BCELoss. "
               f"flixrec: `trainer.fit` through `flixrec.run.build`/`build_trainer`, timed over a fixed number "
               f"of steps after 10 warm-up steps (negatives sampled in `on_after_batch_transfer`), on "
@@ -630,7 +644,7 @@ def write_markdown(res: dict, path: Path) -> None:
               "| model | batch (positives) | samples/step | threads | samples/s (best) | runs | vs baseline |",
               "|---|---:|---:|---:|---:|---|---:|"]
         for r in t["rows"]:
-            L.append(f"| {r['model']} | {r['batch_size']} | {r['samples_per_step']} | {r.get('train_threads', '')} | "
+            L.append(f"| {r['model']} | {r['batch_size']} | {r['samples_per_step']} | {r.get('train_threads') or ''} | "
                      f"{fmt(r['samples_per_s'])} | {', '.join(fmt(x) for x in r['runs'])} | **{r['ratio']}x** |")
         neumf = next((r for r in t["rows"] if r["model"] == "neumf"), None)
         best = max((r for r in t["rows"] if r["model"] == "neumf"), key=lambda r: r["samples_per_s"], default=None)
@@ -658,7 +672,7 @@ def write_markdown(res: dict, path: Path) -> None:
               "a second run of the same command under `run_all.py --child timed_train`; whole = the command's "
               "wall time, interpreter start and imports included. Baseline: first epoch whose test HR@10 "
               "reaches the target (inside: first file read to that epoch's metrics; whole: its command until "
-              "it stops there).", "",
+              "it stops there)." + rerun_note(res, "time_to_quality"), "",
               "| | inside (s) | whole command (s) | test HR@10 | epochs | ratio inside | ratio whole |",
               "|---|---:|---:|---:|---:|---:|---:|"]
         for b in q["baseline"]:
@@ -709,9 +723,7 @@ def write_markdown(res: dict, path: Path) -> None:
               "notebook's `metrics` (one 101-row DataLoader batch per user) and its per-user extension to all "
               "items; the baseline at the faster of one thread and torch's default, flixrec on torch's "
               "default (its evaluation is faster on every core)."
-              + (f" This section was re-run on its own (`{res['eval_rerun']['command']}`, "
-                 f"{res['eval_rerun']['date']}, flixrec at {res['eval_rerun']['commit']}); the others "
-                 f"come from the command at the top." if res.get("eval_rerun") else ""), "",
+              + rerun_note(res, "eval"), "",
               "| data | users x items | sampled: flixrec / baseline (users/s) | ratio | full: flixrec / "
               "baseline (users/s) | ratio | flixrec full ranking, all users (s) |",
               "|---|---|---|---:|---|---:|---:|"]

@@ -215,6 +215,16 @@ def test_train_threads_apply_while_fitting_and_are_restored(make_cfg):
     trainer.fit(model, datamodule=dm)
     assert Seen.threads == {1}
     assert torch.get_num_threads() == before   # data preparation and the test keep every core
+    # a fit that fails restores the count too (the next job of a sweep starts clean)
+    class Boom(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            raise FloatingPointError("boom")
+
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(Boom())
+    with pytest.raises(FloatingPointError):
+        trainer.fit(model, datamodule=dm)
+    assert torch.get_num_threads() == before
     from flixrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train_threads=0"):

@@ -176,8 +176,13 @@ def test_comparison_keeps_swept_settings_apart_and_names_them():
     runs = pd.concat([runs, pd.DataFrame([  # a setting that follows the seed splits nothing
         {"data": "d", "model": "neumf_pretrained", "seed": s, "lr": 1.0, "net.gmf_ckpt": f"pre/{s}/best.ckpt",
          "run": f"pt/{s}", "test/hr@10": 0.5} for s in (1, 2)])], ignore_index=True)
+    runs = pd.concat([runs, pd.DataFrame([  # lr changing with the seed group, and an older run
+        {"data": "d", "model": "mf", "seed": s, "lr": lr, "loss": loss, "run": f"mf/{s}", "test/hr@10": 0.3}
+        for s, lr, loss in [(1, 0.1, "bce"), (2, 0.1, "bce"), (3, 0.2, "bce"), (4, 0.2, None)]])],
+        ignore_index=True)
     summary = summarise(runs).set_index("model")
-    assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)", "neumf_pretrained"}
+    assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)", "neumf_pretrained",
+                                  "mf (lr=0.1, loss=bce)", "mf (lr=0.2, loss=bce)", "mf (lr=0.2, loss=unset)"}
     assert summary.loc["neumf (lr=0.001)", "test/hr@10 mean"] == 0.6
     assert summary.loc["neumf (lr=0.01)", "test/hr@10 mean"] == 0.85
-    assert (summary["runs"] == 2).all()
+    assert summary.loc["neumf (lr=0.01)", "runs"] == summary.loc["mf (lr=0.1, loss=bce)", "runs"] == 2

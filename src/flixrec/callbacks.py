@@ -114,7 +114,15 @@ class TrainThreads(pl.Callback):
             torch.set_num_threads(self.threads)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and self._saved is not None:
+        if stage == "fit":
+            self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # a failed fit skips teardown; the next job of a sweep must not inherit the count
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._saved is not None:
             torch.set_num_threads(self._saved)
             self._saved = None
 

@@ -49,15 +49,22 @@ NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds"}
 
 def setting_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run, its model name, followed by the settings that tell it apart from other runs of
-    the same model and data with the same seed, e.g. "neumf (lr=0.01)" when a sweep varied the
-    learning rate; the bare model name when its runs differ by seed only (settings that follow
-    the seed, like the per-seed checkpoint paths of neumf_pretrained, do not split a model)."""
+    the same model and data, e.g. "neumf (lr=0.01)" when a sweep varied the learning rate; the
+    bare model name when its runs differ by seed only. A setting with one value per seed and
+    one seed per value (the per-seed checkpoint paths of neumf_pretrained) follows the seed and
+    does not split a model."""
     settings = [c for c in runs.columns if c not in NOT_SETTINGS and "/" not in c]
     labels = runs["model"].astype(str)
     for _, group in runs.groupby(["data", "model"], sort=False):
-        values = group[settings].astype(str)
-        per_seed = values.groupby(group["seed"].to_numpy()).nunique()
-        varying = [c for c in settings if per_seed[c].max() > 1]
+        # a setting an older run did not record reads "unset"
+        values = group[settings].astype(object).where(group[settings].notna(), "unset").astype(str)
+        seeds = group["seed"].astype(str)
+        n_seeds = seeds.nunique()
+
+        def follows_seed(col: str) -> bool:  # one value per seed and one seed per value
+            return values[col].nunique() == n_seeds == (seeds + "\0" + values[col]).nunique()
+
+        varying = [c for c in settings if values[c].nunique() > 1 and not follows_seed(c)]
         if varying:
             labels.loc[group.index] = group["model"].astype(str) + " (" + values[varying].apply(
                 lambda col: col.name + "=" + col).agg(", ".join, axis=1) + ")"
