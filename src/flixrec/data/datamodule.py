@@ -16,8 +16,8 @@ from torch import Tensor
 from flixrec.data.ratings import Ratings, read_cached
 from flixrec.data.sampling import (UnratedItems, is_member, rated_items,
                                     sample_candidates)
-from flixrec.data.split import (Split, leave_one_out, map_probe, probe, recency_key, splitmix64,
-                                temporal)
+from flixrec.data.split import (Split, dense_index, leave_one_out, map_probe, probe, recency_key,
+                                splitmix64, temporal)
 from flixrec.data.subset import Full
 from flixrec.errors import ConfigError, DataError
 
@@ -49,18 +49,12 @@ def recency_weights(users: Tensor, keys: Tensor, num_users: int, half_life: floa
     return (weights / weights.mean()).float()
 
 
-def _dense(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
-    """Dense index of each original id (any shape) in ascending `table_ids`; -1 where absent."""
-    pos = np.searchsorted(table_ids, ids).clip(max=len(table_ids) - 1)
-    return np.where(table_ids[pos] == ids, pos, -1).astype(np.int64)
-
-
-def _first_duplicate(values: np.ndarray) -> int:
-    """Index of the first element equal to an earlier one (values with one repeat at least)."""
+def _first_duplicate(values: np.ndarray) -> int | None:
+    """Index of the first element equal to an earlier one; None when all differ."""
     _, first = np.unique(values, return_index=True)
     repeated = np.ones(len(values), bool)
     repeated[first] = False
-    return int(np.argmax(repeated))
+    return int(np.argmax(repeated)) if repeated.any() else None
 
 
 class TrainBatches:
@@ -420,21 +414,20 @@ class RatingsDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.num_test_negatives={self.num_test_negatives}, but {path} ranks "
                               f"each test item against {n} movies; set data.num_test_negatives={n}")
         t = self.table
-        users = _dense(file_users, t.user_ids)
-        line_of_user = torch.full((t.num_users,), -1, dtype=torch.long)
-        known = torch.from_numpy(users >= 0)
-        lines = torch.arange(len(users))[known]
-        line_of_user[torch.from_numpy(users)[known]] = lines
-        if len(torch.unique(line_of_user[line_of_user >= 0])) < len(lines):
-            known_lines = np.flatnonzero(users >= 0)
-            first = known_lines[_first_duplicate(users[known_lines])]
+        users = dense_index(file_users, t.user_ids)
+        known = np.flatnonzero(users >= 0)  # lines of users in the table
+        repeat = _first_duplicate(users[known])
+        if repeat is not None:
+            first = known[repeat]
             raise DataError(path, f"user {file_users[first]} has a second line", line=int(file_lines[first]))
+        line_of_user = torch.full((t.num_users,), -1, dtype=torch.long)
+        line_of_user[torch.from_numpy(users[known])] = torch.from_numpy(known)
         rows = line_of_user[eval_users]
         if (rows < 0).any():
             missing = t.user_ids[eval_users[rows < 0][0]]
             raise DataError(path, f"has no line for user {missing}, who has a test rating")
-        items = torch.from_numpy(_dense(candidates, t.item_ids))[rows]
-        first_item = torch.from_numpy(_dense(file_items, t.item_ids))[rows]
+        items = torch.from_numpy(dense_index(candidates, t.item_ids))[rows]
+        first_item = torch.from_numpy(dense_index(file_items, t.item_ids))[rows]
         own = items == positives[:, None]  # the user's own test movie listed as a candidate
         problems = [
             (first_item != positives, "its (user,item) is not the user's test rating"),
@@ -456,10 +449,9 @@ class RatingsDataModule(pl.LightningDataModule):
             gen = torch.Generator().manual_seed(derive_seed(self.seed, 4))
             draws = sample_candidates(eval_users[hit], positives[hit], seen_keys, t.num_items, n, gen)[:, 1:]
             fresh = ~(draws[:, :, None] == items[hit][:, None, :]).any(-1)
-            pick = draws.gather(1, fresh.float().argmax(1, keepdim=True))
-            replaced = items[hit]
-            replaced[own[hit]] = pick[:, 0]
-            items[hit] = replaced
+            # each hit row lists its own movie once (duplicates were refused), so `own` picks
+            # one cell per hit row, in row order
+            items[own] = draws.gather(1, fresh.float().argmax(1, keepdim=True))[:, 0]
             log.warning("%s lists the user's own test movie among the candidates on %d of the %d "
                         "lines used; each was replaced by another movie the user never rated",
                         path, int(hit.sum()), len(rows))

@@ -199,18 +199,21 @@ def temporal(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_users:
     return Split(train, val, test, stats)
 
 
+def dense_index(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+    """Dense index of each original id (any shape) in the increasing `table_ids`, int64; -1
+    where the id is not in the table (e.g. removed by a subset)."""
+    ids = np.asarray(ids)
+    pos = np.searchsorted(table_ids, ids).clip(max=max(len(table_ids) - 1, 0))
+    found = (table_ids[pos] == ids) if len(table_ids) else np.zeros(ids.shape, bool)
+    return np.where(found, pos, -1).astype(np.int64)
+
+
 def map_probe(customer_ids: np.ndarray, movie_ids: np.ndarray, user_ids: np.ndarray,
               item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Original (customer, movie) ids of probe pairs -> dense (users, items), int64 (P,),
     -1 where the customer or movie is not in the table (e.g. removed by a subset).
     `user_ids` / `item_ids` are the table's increasing original ids."""
-
-    def lookup(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(table_ids, ids).clip(max=max(len(table_ids) - 1, 0))
-        found = (table_ids[pos] == ids) if len(table_ids) else np.zeros(len(ids), bool)
-        return np.where(found, pos, -1).astype(np.int64)
-
-    return lookup(np.asarray(customer_ids), user_ids), lookup(np.asarray(movie_ids), item_ids)
+    return dense_index(customer_ids, user_ids), dense_index(movie_ids, item_ids)
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
