@@ -395,6 +395,7 @@ def test_cli_missing_data_root_is_one_message_without_traceback(tmp_path):
 IMPOSSIBLE = [  # overrides -> what the message says; {tmp}: the test's temporary directory
     (["data.num_negatives=0"], ["data.num_negatives=0", "at least 1"]),
     (["data.num_test_negatives=299"], ["data.num_test_negatives=299", "not rated"]),
+    (["data.negatives_exclude=test"], ["data.negatives_exclude='test'", "train", "all"]),
     (["data.num_test_negatives=50", "model.ks=[5,10,60]"],
      ["model.ks=[5, 10, 60]", "K=60", "51 candidates"]),
     (["data/subset=date_window", "data.subset.start=2030-01-01"], ["leaves no users", "2030-01-01"]),

@@ -85,6 +85,34 @@ def test_training_batches_carry_negatives_of_each_positives_user(make_cfg):
     assert torch.equal(out["items"], again["items"])
 
 
+@pytest.mark.parametrize("exclude", ["train", "all"])
+def test_training_negatives_may_be_held_out_movies_only_when_excluding_training(make_cfg, exclude):
+    """Training negatives avoid the movies rated in training; by default they may be a user's
+    held-out (validation or test) movie, which the model must not know about. With
+    data.negatives_exclude=all (the notebook's leaky rule) they never are."""
+    from flixrec.data.sampling import is_member, pair_keys
+
+    dm = instantiate(make_cfg([f"data.negatives_exclude={exclude}"]).data, _convert_="partial")
+    dm.setup("fit")
+
+    class FakeTrainer:
+        training, current_epoch, global_rank, world_size = True, 0, 0, 1
+
+    dm.trainer = FakeTrainer()
+    held_out = pair_keys(dm.eval_users.repeat(2), torch.cat([dm.val_items[:, 0], dm.test_items[:, 0]]),
+                         dm.num_items)
+    hits = 0
+    for batch in dm.train_dataloader():
+        out = dm.on_after_batch_transfer(batch, 0)
+        negs, users = out["items"][:, 1:], out["users"][:, None]
+        assert not dm.train_seen(users, negs).any()
+        hits += int(is_member(held_out, users, negs, dm.num_items).sum())
+    if exclude == "train":
+        assert hits > 0  # an epoch of tiny data draws thousands of negatives over few movies
+    else:
+        assert hits == 0
+
+
 def test_train_py_end_to_end(tmp_path, data_dir):
     run = tmp_path / "cli-run"
     cmd = [sys.executable, "train.py", "data=tiny", "model=gmf", "trainer.max_epochs=2",

@@ -118,6 +118,7 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
     opt = cfg.model.optimizer or {}  # null for a model with nothing to train (pop)
     return {"optimizer": str(opt.get("_target_", "none")).rsplit(".", 1)[-1], "lr": opt.get("lr"),
             "batch_size": cfg.data.batch_size, "num_negatives": cfg.data.num_negatives,
+            "negatives_exclude": cfg.data.get("negatives_exclude", "train"),
             "max_epochs": cfg.trainer.max_epochs, "precision": str(cfg.trainer.precision),
             "loss": cfg.model.get("loss", "bce"), "l2": cfg.model.get("l2", 0.0), **net}
 

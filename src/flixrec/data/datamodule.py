@@ -156,6 +156,12 @@ class RatingsDataModule(pl.LightningDataModule):
             each through its own stream, so candidates do not depend on the model or batch size.
         batches_on_device: keep the training pairs on the trainer's device and shuffle and slice
             them there (for GPUs: no host-to-device copy per batch).
+        negatives_exclude: which movies training negatives avoid: "train" (the movies the user
+            rated in training, as in RecBole and the NCF authors' code) or "all" (every movie the
+            user rated, held-out ones included, as the notebook did). "all" leaks: the held-out
+            movie is then the one candidate never drawn as a negative, which inflates validation
+            and test figures (bench/ACCURACY.md measures by how much); it exists to reproduce
+            the notebook's protocol and is logged as a warning.
     """
 
     def __init__(self, name: str, root: str, reader: Callable[..., Any], on_bad_lines: str = "error",
@@ -165,7 +171,8 @@ class RatingsDataModule(pl.LightningDataModule):
                  num_test_negatives: int = 100, batch_size: int = 1024,
                  eval_batch_size: int = 2048, seed: int = 42, min_ratings: int = 3,
                  batches_on_device: bool = False,
-                 temporal_fraction: float = 0.8, recency_half_life: float | None = None) -> None:
+                 temporal_fraction: float = 0.8, recency_half_life: float | None = None,
+                 negatives_exclude: str = "train") -> None:
         super().__init__()
         if num_negatives < 1:
             raise ConfigError(f"data.num_negatives={num_negatives}: need at least 1 training negative per positive")
@@ -181,6 +188,9 @@ class RatingsDataModule(pl.LightningDataModule):
         if recency_half_life is not None and recency_half_life <= 0:
             raise ConfigError(f"data.recency_half_life={recency_half_life}: must be positive (ratings), "
                               f"or null for equal weights")
+        if negatives_exclude not in ("train", "all"):
+            raise ConfigError(f"data.negatives_exclude={negatives_exclude!r}: choose train (movies "
+                              f"rated in training) or all (every rated movie; leaks held-out ones)")
         if on_bad_lines not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_lines={on_bad_lines!r}: choose error or skip")
         if split == "ncf" and subset is not None and (not isinstance(subset, Full) or subset.min_rating is not None):
@@ -195,6 +205,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.batches_on_device = batches_on_device
         self.on_bad_lines, self.temporal_fraction = on_bad_lines, temporal_fraction
         self.recency_half_life = recency_half_life
+        self.negatives_exclude = negatives_exclude
         self.train_weights: Tensor | None = None
         self.table: Ratings | None = None
         self._neg_state: tuple | None = None
@@ -241,6 +252,12 @@ class RatingsDataModule(pl.LightningDataModule):
         in_train = torch.zeros(len(users), dtype=torch.bool)
         in_train[train] = True
         self.train_keys = seen_keys[in_train[order]]
+        # every rating's key, kept only when training negatives must avoid them (negatives_exclude)
+        self.all_keys = seen_keys if self.negatives_exclude == "all" else None
+        if self.all_keys is not None:
+            log.warning("data.negatives_exclude=all: training negatives avoid the held-out movies "
+                        "too, which leaks them (the notebook's rule); validation and test figures "
+                        "are inflated and not comparable with data.negatives_exclude=train")
         train_counts = torch.bincount(self.train_users, minlength=U)
         if (train_counts >= I).any():
             raise ConfigError(f"a user rated all {I} movies in training: no training negatives can be sampled")
@@ -300,7 +317,7 @@ class RatingsDataModule(pl.LightningDataModule):
         users, items = batch["users"], batch["items"]
         # the sampling index over the training pairs is built once per device (O(R)), then each
         # step costs three binary searches, with no host round trip (see UnratedItems)
-        keys = self._device_keys(users.device)
+        keys = self._negative_keys(users.device)
         if self._unrated is None or self._unrated[0] is not keys:
             self._unrated = (keys, UnratedItems(keys, self.num_items))
         negs = self._unrated[1].sample(users, self.num_negatives, self._negative_generator(users.device))
@@ -469,6 +486,14 @@ class RatingsDataModule(pl.LightningDataModule):
         if self.train_keys.device != device:
             self.train_keys = self.train_keys.to(device)
         return self.train_keys
+
+    def _negative_keys(self, device: torch.device) -> Tensor:
+        """The sorted pair keys training negatives avoid (`negatives_exclude`), on `device`."""
+        if self.all_keys is None:
+            return self._device_keys(device)
+        if self.all_keys.device != device:
+            self.all_keys = self.all_keys.to(device)
+        return self.all_keys
 
     def _negative_generator(self, device: torch.device) -> torch.Generator:
         # one stream per (epoch, rank), reseeded when the epoch changes, so a resumed run
