@@ -186,3 +186,37 @@ def test_comparison_keeps_swept_settings_apart_and_names_them():
     assert summary.loc["neumf (lr=0.001)", "test/hr@10 mean"] == 0.6
     assert summary.loc["neumf (lr=0.01)", "test/hr@10 mean"] == 0.85
     assert summary.loc["neumf (lr=0.01)", "runs"] == summary.loc["mf (lr=0.1, loss=bce)", "runs"] == 2
+
+
+def test_train_loss_logged_every_n_steps_and_its_epoch_mean(make_cfg):
+    """`train/loss_step` is logged only on the steps the logger writes (cheaper steps), and
+    `train/loss_epoch` is the per-sample mean of the epoch's training losses."""
+    import pytorch_lightning as pl
+
+    from flixrec.run import build
+
+    class Recorder(pl.Callback):
+        def __init__(self):
+            self.losses, self.sizes = [], []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+            self.sizes.append(batch["items"].numel())
+
+    dm, module = build(make_cfg(["data.batch_size=256"]))
+    logged_at, log = [], module.log
+
+    def spy(name, *args, **kwargs):
+        logged_at.append((name, module.global_step + 1))
+        return log(name, *args, **kwargs)
+
+    module.log = spy
+    rec = Recorder()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, log_every_n_steps=3, callbacks=[rec])
+    trainer.fit(module, dm)
+    n = len(rec.losses)
+    assert n >= 6
+    assert [step for name, step in logged_at if name == "train/loss_step"] == list(range(3, n + 1, 3))
+    want = sum(loss * size for loss, size in zip(rec.losses, rec.sizes)) / sum(rec.sizes)
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(want, rel=1e-5)
