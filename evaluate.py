@@ -4,7 +4,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from flixrec.run import evaluate, guarded
+from flixrec.run import evaluate, guarded, skip_exit_collections
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -14,3 +14,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+    skip_exit_collections()  # outputs are written and closed by now

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from flixrec.run import guarded, train
+from flixrec.run import guarded, skip_exit_collections, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -13,3 +13,4 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    skip_exit_collections()  # outputs are written and closed by now

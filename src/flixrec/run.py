@@ -232,7 +232,7 @@ def log_to_tensorboard(trainer, model, dm, result: dict) -> None:
         if vectors is not None:
             logger.experiment.add_embedding(vectors, metadata=dm.item_labels(), tag="item_embeddings",
                                             global_step=trainer.global_step)
-        logger.experiment.flush()
+        logger.finalize("success")  # flushed and closed: the run writes nothing more there
 
 
 def item_vectors(net: torch.nn.Module) -> torch.Tensor | None:
@@ -332,6 +332,16 @@ def print_summary(result: dict, out_dir: Path) -> None:
     if (out_dir / "tensorboard").exists():
         lines.append(f"  TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}")
     print("\n".join(lines), flush=True)
+
+
+def skip_exit_collections() -> None:
+    """Call when a command has written and closed its outputs: the interpreter's shutdown then
+    skips its garbage collections over the objects alive now (`gc.freeze`). Those passes over
+    torch's and Lightning's objects took ~0.9 s of every command's exit on the 2-core machine,
+    a sixth of a short training run. atexit handlers (logging's flush and close) still run."""
+    import gc
+
+    gc.freeze()
 
 
 def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
