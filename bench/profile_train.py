@@ -29,7 +29,6 @@ from omegaconf import open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import ML100K, WORK, compose_cfg  # noqa: E402
 
-from flixrec.models.module import ranking_loss  # noqa: E402
 from flixrec.run import build, build_trainer  # noqa: E402
 
 
@@ -88,6 +87,8 @@ def bare_loop(dm, model, steps: int) -> float:
     dm.trainer = FakeTrainer()
     device = next(model.parameters()).device
     opt = model.configure_optimizers()
+    if opt is None:
+        raise SystemExit(f"model {model.name!r} has nothing to train: no step to profile")
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     batches = iter(dm.train_dataloader())
     t = None
@@ -100,10 +101,7 @@ def bare_loop(dm, model, steps: int) -> float:
             batches = iter(dm.train_dataloader())
             batch = next(batches)
         batch = dm.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
-        users, items = batch["users"], batch["items"]
-        loss = ranking_loss(model.net(users, items), model.loss, batch.get("weights"))
-        if model.l2 > 0:
-            loss = loss + model.l2 * model.net.regularization(users, items)
+        loss = model.training_loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -50,3 +51,11 @@ def make_cfg(tmp_path, data_dir):
         return compose_cfg(config_name, base + list(overrides), tmp_path / run, data_dir)
 
     return make
+
+
+def attach_training_trainer(dm, epoch: int = 0) -> SimpleNamespace:
+    """Give a datamodule a stand-in trainer holding only what its batch hooks ask of one while
+    training (the training flag, epoch, rank and world size), so they run without Lightning;
+    set `.current_epoch` on the returned object to move to another epoch."""
+    dm.trainer = SimpleNamespace(training=True, current_epoch=epoch, global_rank=0, world_size=1)
+    return dm.trainer

@@ -35,7 +35,7 @@ from flixrec.models.module import RecModule
 from flixrec.models.nets import GMF
 from flixrec.report import collect_runs
 from flixrec.run import build, guarded, train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, attach_training_trainer
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -416,6 +416,21 @@ def test_impossible_values_fail_before_training(overrides, words, tmp_path, make
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+def test_negatives_exclude_all_with_a_user_who_rated_everything_fails_before_training(tmp_path, make_cfg,
+                                                                                       capsys):
+    # user 1 rated all 12 movies (in training, without its 2 held-out ratings, 2 stay unrated)
+    rows = [(1, i, 100 + i) for i in range(1, 13)] + [(2, i, 100 + i) for i in (1, 2, 3)] \
+        + [(3, i, 100 + i) for i in (1, 2, 4)]
+    (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in rows))
+    over = ["data=ml-100k", f"data.root={tmp_path}", "data.num_test_negatives=9", "model.ks=[5,10]",
+            "trainer.max_epochs=1"]
+    assert train(make_cfg(over, run="train")) is not None  # negatives avoid training ratings only
+    cfg = make_cfg([*over, "data.negatives_exclude=all"], run="all")
+    err = expect_user_error(train, cfg, capsys)
+    assert "rated all 12 movies (data.negatives_exclude=all)" in err
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. determinism
 
@@ -428,14 +443,11 @@ def data_streams(cfg, global_seed: int) -> dict[str, Tensor]:
     dm = instantiate(cfg.data, _convert_="partial")
     dm.setup("fit")
 
-    class FakeTrainer:  # what the datamodule asks of its trainer
-        training, current_epoch, global_rank, world_size = True, 0, 0, 1
-
-    dm.trainer = FakeTrainer()
+    trainer = attach_training_trainer(dm)
     out = {"train_users": dm.train_users, "train_items": dm.train_items,
            "eval_users": dm.eval_users, "val_items": dm.val_items, "test_items": dm.test_items}
     for epoch in (0, 1):
-        FakeTrainer.current_epoch = epoch
+        trainer.current_epoch = epoch
         batches = [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]
         out[f"epoch{epoch}_users"] = torch.cat([b["users"] for b in batches])
         out[f"epoch{epoch}_items"] = torch.cat([b["items"] for b in batches])

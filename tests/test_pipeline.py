@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.loggers import Logger
 
 from flixrec.run import build, evaluate, train
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, ROOT, attach_training_trainer
 
 # every model config but neumf_pretrained, which starts from trained GMF and MLP checkpoints:
 # tests/test_models.py trains those and tests it end to end (its training and evaluate.py)
@@ -69,10 +70,7 @@ def test_training_batches_carry_negatives_of_each_positives_user(make_cfg):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
 
-    class FakeTrainer:  # the datamodule asks only these of its trainer
-        training, current_epoch, global_rank, world_size = True, 0, 0, 1
-
-    dm.trainer = FakeTrainer()
+    attach_training_trainer(dm)
     out = dm.on_after_batch_transfer(batch, 0)
     B, n = len(batch["users"]), dm.num_negatives
     assert torch.equal(out["users"], batch["users"]) and out["items"].shape == (B, 1 + n)
@@ -95,10 +93,7 @@ def test_training_negatives_may_be_held_out_movies_only_when_excluding_training(
     dm = instantiate(make_cfg([f"data.negatives_exclude={exclude}"]).data, _convert_="partial")
     dm.setup("fit")
 
-    class FakeTrainer:
-        training, current_epoch, global_rank, world_size = True, 0, 0, 1
-
-    dm.trainer = FakeTrainer()
+    attach_training_trainer(dm)
     held_out = pair_keys(dm.eval_users.repeat(2), torch.cat([dm.val_items[:, 0], dm.test_items[:, 0]]),
                          dm.num_items)
     hits = 0
@@ -214,10 +209,7 @@ def test_recency_half_life_weights_each_users_latest_training_rating_most(make_c
     # batches carry one weight per positive, through negative sampling
     batch = next(iter(dm.train_dataloader()))
 
-    class FakeTrainer:
-        training, current_epoch, global_rank, world_size = True, 0, 0, 1
-
-    dm.trainer = FakeTrainer()
+    attach_training_trainer(dm)
     out = dm.on_after_batch_transfer(batch, 0)
     assert out["weights"].shape == out["users"].shape and torch.equal(out["weights"], batch["weights"])
     plain = instantiate(make_cfg([]).data, _convert_="partial")
@@ -257,3 +249,57 @@ def test_train_threads_apply_while_fitting_and_are_restored(make_cfg):
 
     with pytest.raises(ConfigError, match="train_threads=0"):
         build_trainer(make_cfg(["train_threads=0"]))
+
+
+class MemoryLogger(Logger):
+    """Keeps what Lightning writes: (step, metrics) per `log_metrics` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.writes.append((step, dict(metrics)))
+
+
+@pytest.mark.parametrize("model", ["gmf", "pop"])  # pop: manual optimisation, a mock step
+def test_step_loss_is_written_every_n_steps_with_that_steps_loss_and_epoch_mean(model, make_cfg):
+    """The logger gets `train/loss_step` on every n-th step (trainer.log_every_n_steps), holding
+    the loss of the batch just trained, and `train/loss` per epoch: the per-sample mean of the
+    epoch's losses (the metric DESIGN.md names, which callbacks can monitor)."""
+    import pytorch_lightning as pl
+
+    dm, module = build(make_cfg([f"model={model}", "data.batch_size=256"]))
+    losses, sizes, objective = [], [], module.training_loss
+
+    def recorded(batch):
+        loss = objective(batch)
+        losses.append(float(loss))
+        sizes.append(batch["items"].numel())
+        return loss
+
+    module.training_loss = recorded
+    logger = MemoryLogger()
+    trainer = pl.Trainer(max_epochs=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, log_every_n_steps=3)
+    trainer.fit(module, dm)
+    n = len(losses)
+    assert n >= 7
+    step_writes = [(step, m["train/loss_step"]) for step, m in logger.writes if "train/loss_step" in m]
+    assert [s for s, _ in step_writes] == list(range(2, n, 3))  # Lightning's 0-based steps 2, 5, ...
+    assert [v for _, v in step_writes] == pytest.approx([losses[s] for s, _ in step_writes], rel=1e-6)
+    epoch = [m["train/loss"] for _, m in logger.writes if "train/loss" in m]
+    want = sum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes)
+    assert epoch == pytest.approx([want], rel=1e-5)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(want, rel=1e-5)

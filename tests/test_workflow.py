@@ -81,7 +81,7 @@ def test_tensorboard_holds_scalars_hparams_and_projector(make_cfg):
             plugins |= set(acc.PluginTagToContent("hparams"))
         except KeyError:  # this events file holds no hparams
             pass
-    assert {"train/loss_step", "train/loss_epoch", "val/hr@10", "val/ndcg@10",
+    assert {"train/loss_step", "train/loss", "val/hr@10", "val/ndcg@10",
             "train/samples_per_s", "lr-Adam"} <= tags
     assert "_hparams_/session_start_info" in plugins
     projector = (tb / "projector_config.pbtxt").read_text()
@@ -177,46 +177,19 @@ def test_comparison_keeps_swept_settings_apart_and_names_them():
         {"data": "d", "model": "neumf_pretrained", "seed": s, "lr": 1.0, "net.gmf_ckpt": f"pre/{s}/best.ckpt",
          "run": f"pt/{s}", "test/hr@10": 0.5} for s in (1, 2)])], ignore_index=True)
     runs = pd.concat([runs, pd.DataFrame([  # lr changing with the seed group, and an older run
+        # that predates the logged `loss` (it trained with the default, bce)
         {"data": "d", "model": "mf", "seed": s, "lr": lr, "loss": loss, "run": f"mf/{s}", "test/hr@10": 0.3}
         for s, lr, loss in [(1, 0.1, "bce"), (2, 0.1, "bce"), (3, 0.2, "bce"), (4, 0.2, None)]])],
         ignore_index=True)
+    runs = pd.concat([runs, pd.DataFrame([  # a missing setting with no known default
+        {"data": "d", "model": "svd", "seed": 1, "num_negatives": n, "run": f"svd/{n}", "test/hr@10": 0.2}
+        for n in (4, None)])], ignore_index=True)
     summary = summarise(runs).set_index("model")
     assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)", "neumf_pretrained",
-                                  "mf (lr=0.1, loss=bce)", "mf (lr=0.2, loss=bce)", "mf (lr=0.2, loss=unset)"}
+                                  "mf (lr=0.1)", "mf (lr=0.2)", "svd (num_negatives=4.0)",
+                                  "svd (num_negatives=unset)"}
     assert summary.loc["neumf (lr=0.001)", "test/hr@10 mean"] == 0.6
     assert summary.loc["neumf (lr=0.01)", "test/hr@10 mean"] == 0.85
-    assert summary.loc["neumf (lr=0.01)", "runs"] == summary.loc["mf (lr=0.1, loss=bce)", "runs"] == 2
+    assert summary.loc["neumf (lr=0.01)", "runs"] == summary.loc["mf (lr=0.1)", "runs"] == 2
+    assert summary.loc["mf (lr=0.2)", "runs"] == 2
 
-
-def test_train_loss_logged_every_n_steps_and_its_epoch_mean(make_cfg):
-    """`train/loss_step` is logged only on the steps the logger writes (cheaper steps), and
-    `train/loss_epoch` is the per-sample mean of the epoch's training losses."""
-    import pytorch_lightning as pl
-
-    from flixrec.run import build
-
-    class Recorder(pl.Callback):
-        def __init__(self):
-            self.losses, self.sizes = [], []
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.losses.append(float(outputs["loss"]))
-            self.sizes.append(batch["items"].numel())
-
-    dm, module = build(make_cfg(["data.batch_size=256"]))
-    logged_at, log = [], module.log
-
-    def spy(name, *args, **kwargs):
-        logged_at.append((name, module.global_step + 1))
-        return log(name, *args, **kwargs)
-
-    module.log = spy
-    rec = Recorder()
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         limit_val_batches=0, log_every_n_steps=3, callbacks=[rec])
-    trainer.fit(module, dm)
-    n = len(rec.losses)
-    assert n >= 6
-    assert [step for name, step in logged_at if name == "train/loss_step"] == list(range(3, n + 1, 3))
-    want = sum(loss * size for loss, size in zip(rec.losses, rec.sizes)) / sum(rec.sizes)
-    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(want, rel=1e-5)

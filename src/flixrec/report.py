@@ -45,6 +45,8 @@ def collect_runs(root: Path) -> pd.DataFrame:
 
 
 NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds"}
+# settings added to the logged hparams later, with the value older runs (which lack them) had
+DEFAULT_SETTINGS = {"loss": "bce", "l2": 0.0, "negatives_exclude": "train"}
 
 
 def setting_labels(runs: pd.DataFrame) -> pd.Series:
@@ -56,8 +58,10 @@ def setting_labels(runs: pd.DataFrame) -> pd.Series:
     settings = [c for c in runs.columns if c not in NOT_SETTINGS and "/" not in c]
     labels = runs["model"].astype(str)
     for _, group in runs.groupby(["data", "model"], sort=False):
-        # a setting an older run did not record reads "unset"
-        values = group[settings].astype(object).where(group[settings].notna(), "unset").astype(str)
+        # a setting an older run did not record takes the value it had then, if known, or "unset"
+        values = group[settings].astype(object).fillna(
+            {c: DEFAULT_SETTINGS[c] for c in settings if c in DEFAULT_SETTINGS})
+        values = values.where(values.notna(), "unset").astype(str)
         seeds = group["seed"].astype(str)
         n_seeds = seeds.nunique()
 

@@ -3,6 +3,7 @@ except for the DictConfig it is handed)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -339,8 +340,6 @@ def skip_exit_collections() -> None:
     skips its garbage collections over the objects alive now (`gc.freeze`). Those passes over
     torch's and Lightning's objects took ~0.9 s of every command's exit on the 2-core machine,
     a sixth of a short training run. atexit handlers (logging's flush and close) still run."""
-    import gc
-
     gc.freeze()
 
 

@@ -258,9 +258,10 @@ class RatingsDataModule(pl.LightningDataModule):
             log.warning("data.negatives_exclude=all: training negatives avoid the held-out movies "
                         "too, which leaks them (the notebook's rule); validation and test figures "
                         "are inflated and not comparable with data.negatives_exclude=train")
-        train_counts = torch.bincount(self.train_users, minlength=U)
-        if (train_counts >= I).any():
-            raise ConfigError(f"a user rated all {I} movies in training: no training negatives can be sampled")
+        avoided = self.train_users if self.all_keys is None else users  # what negatives avoid
+        if (torch.bincount(avoided, minlength=U) >= I).any():
+            where = "in training" if self.all_keys is None else "(data.negatives_exclude=all)"
+            raise ConfigError(f"a user rated all {I} movies {where}: no training negatives can be sampled")
         test_rows, val_rows = torch.from_numpy(sp.test_rows), torch.from_numpy(sp.val_rows)
         # a user needs num_test_negatives movies they never rated; heavy raters short of that
         # are left out of evaluation (counted and logged) rather than given repeated candidates

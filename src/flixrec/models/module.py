@@ -162,13 +162,22 @@ class RecModule(pl.LightningModule):
         state["_compiled"] = None
         return state
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The objective of a training batch {"users": (B,), "items": (B, 1 + n), optional
+        "weights": (B,)}: `model.loss` of each positive against its negatives, weighted per
+        positive (data.recency_half_life), plus `model.l2` times the rows' L2 term."""
         users, items = batch["users"], batch["items"]
-        logits = self._train_forward(users, items)
-        # weights: per positive, for it and its negatives (data.recency_half_life)
-        loss = ranking_loss(logits, self.loss, batch.get("weights"))
+        loss = ranking_loss(self._train_forward(users, items), self.loss, batch.get("weights"))
         if self.l2 > 0:
             loss = loss + self.l2 * self.net.regularization(users, items)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        # the step value is logged only on the steps the logger writes (trainer.log_every_n_steps;
+        # decided before the mock optimizer step below advances global_step): a `self.log` call
+        # costs ~0.3 ms on the CPU, 10% of a default step. The epoch mean is kept here.
+        log_step = self._log_every > 0 and (self.global_step + 1) % self._log_every == 0
+        loss = self.training_loss(batch)
         # on an accelerator, reading the loss every step would stall the device on the host
         if (loss.device.type == "cpu" or batch_idx % 50 == 0) and not torch.isfinite(loss):
             where = "" if loss.device.type == "cpu" else " (checked every 50 steps on this device)"
@@ -179,17 +188,17 @@ class RecModule(pl.LightningModule):
             # nothing to update; the (mock) optimizer step only advances global_step, without
             # which Lightning would write no checkpoint
             self.optimizers().step()
-        self._samples += items.numel()
-        self._loss_sum = self._loss_sum + loss.detach() * items.numel()
-        # the step value only on the steps the logger writes (`trainer.log_every_n_steps`): a
-        # `self.log` call costs ~0.3 ms on the CPU (10% of a default step), and on a GPU the
-        # progress bar would read it back every step; the epoch mean is kept above
-        if (self.global_step + 1) % self._log_every == 0:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        n = batch["items"].numel()
+        self._samples += n
+        self._loss_sum = self._loss_sum + loss.detach() * n
+        if log_step:
+            # not on the progress bar: Lightning would turn its cached value into a number after
+            # every later batch, a device synchronisation per step on a GPU
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
 
     def on_train_start(self) -> None:
-        self._log_every = max(1, self.trainer.log_every_n_steps)
+        self._log_every = self.trainer.log_every_n_steps  # 0: never written
 
     def on_train_epoch_start(self) -> None:
         self._samples = 0
@@ -201,8 +210,10 @@ class RecModule(pl.LightningModule):
         self.train_seconds += seconds
         self.train_samples += self._samples
         self.log("train/samples_per_s", self._samples / max(seconds, 1e-9), prog_bar=True)
-        if self._samples:  # the mean loss per sample over the epoch, as Lightning's on_epoch gave
-            self.log("train/loss_epoch", self._loss_sum / self._samples)
+        if self._samples:
+            # the mean loss per training sample of the epoch; every process of a DDP run trains
+            # the same number of equal batches, so the mean of their means (sync_dist) is exact
+            self.log("train/loss", self._loss_sum / self._samples, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.val_metrics.update(score_candidates(self.net, batch["users"], batch["items"]))
