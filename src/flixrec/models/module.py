@@ -23,6 +23,13 @@ warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `Non
 LOSSES = ("bce", "bpr", "softmax")
 
 
+def check_loss(kind: str) -> str:
+    """`kind` if it names a training loss (LOSSES), else a ConfigError naming the choices."""
+    if kind not in LOSSES:
+        raise ConfigError(f"model.loss={kind!r}: choose one of {', '.join(LOSSES)}")
+    return kind
+
+
 def ranking_loss(logits: Tensor, kind: str = "bce", weights: Tensor | None = None) -> Tensor:
     """Training loss of grouped logits (B, 1 + n): the positive in column 0, n sampled negatives.
 
@@ -37,18 +44,16 @@ def ranking_loss(logits: Tensor, kind: str = "bce", weights: Tensor | None = Non
     loss is multiplied by it; the mean is still over the same count).
     """
     logits = logits.float()
-    if kind == "bce":
+    if check_loss(kind) == "bce":
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
         return binary_cross_entropy_with_logits(logits, labels, None if weights is None else weights[:, None])
     if kind == "bpr":
         per_pair = -logsigmoid(logits[:, :1] - logits[:, 1:])
         return (per_pair if weights is None else per_pair * weights[:, None]).mean()
-    if kind == "softmax":
-        per_row = cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
-                                reduction="none")
-        return (per_row if weights is None else per_row * weights).mean()
-    raise ConfigError(f"model.loss={kind!r}: choose one of {', '.join(LOSSES)}")
+    per_row = cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
+                            reduction="none")  # "softmax"
+    return (per_row if weights is None else per_row * weights).mean()
 
 
 def score_candidates(net: nn.Module, users: Tensor, items: Tensor) -> Tensor:
@@ -123,8 +128,7 @@ class RecModule(pl.LightningModule):
             raise ConfigError(f"model.l2={l2}, but {type(net).__name__} has no regularization term; "
                               f"set model.l2=0 (or weight decay in model.optimizer)")
         self.l2, self.full_ranking, self.full_ranking_cells = l2, full_ranking, full_ranking_cells
-        if loss not in LOSSES:
-            raise ConfigError(f"model.loss={loss!r}: choose one of {', '.join(LOSSES)}")
+        check_loss(loss)  # at build time, not at the first training step
         self.loss = loss
         self.compile = compile
         self._compiled: Callable[..., Tensor] | None = None
