@@ -186,7 +186,7 @@ def test_comparison_keeps_swept_settings_apart_and_names_them():
         for n in (4, None)])], ignore_index=True)
     summary = summarise(runs).set_index("model")
     assert set(summary.index) == {"gmf", "neumf (lr=0.001)", "neumf (lr=0.01)", "neumf_pretrained",
-                                  "mf (lr=0.1)", "mf (lr=0.2)", "svd (num_negatives=4.0)",
+                                  "mf (lr=0.1)", "mf (lr=0.2)", "svd (num_negatives=4)",
                                   "svd (num_negatives=unset)"}
     assert summary.loc["neumf (lr=0.001)", "test/hr@10 mean"] == 0.6
     assert summary.loc["neumf (lr=0.01)", "test/hr@10 mean"] == 0.85

@@ -61,7 +61,9 @@ def setting_labels(runs: pd.DataFrame) -> pd.Series:
         # a setting an older run did not record takes the value it had then, if known, or "unset"
         values = group[settings].astype(object).fillna(
             {c: DEFAULT_SETTINGS[c] for c in settings if c in DEFAULT_SETTINGS})
-        values = values.where(values.notna(), "unset").astype(str)
+        # whole numbers read as such (a column with a missing value turns 4 into 4.0)
+        values = values.where(values.notna(), "unset").map(
+            lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
         seeds = group["seed"].astype(str)
         n_seeds = seeds.nunique()
 
