@@ -102,32 +102,36 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_metric(summary: pd.DataFrame, metric: str, path: Path) -> None:
-    """Bar chart of `test/<metric>` per model, error bars one standard deviation."""
+    """Horizontal bar chart of `test/<metric>` per model (one bar per row of `summary`, top to
+    bottom), error bars one standard deviation, each bar labelled with its mean, s.d. and run
+    count. Long labels (a model with the settings that tell its runs apart) wrap onto lines."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [m if summary["data"].nunique() == 1 else f"{m}\n({d})"
+    labels = [m if summary["data"].nunique() == 1 else f"{m} ({d})"
               for d, m in zip(summary["data"], summary["model"])]
-    means = summary[f"test/{metric} mean"]
-    stds = summary[f"test/{metric} std"].fillna(0.0)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 4.0))
+    labels = [textwrap.fill(label, 42, break_long_words=False) for label in labels]
+    means = summary[f"test/{metric} mean"].to_numpy()
+    stds = summary[f"test/{metric} std"].fillna(0.0).to_numpy()
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(9.0, max(2.5, 0.22 * lines + 0.15 * len(labels) + 1.3)))
     colors = ["#999999" if m == "oracle" else "#4C72B0" for m in summary["model"]]
-    bars = ax.bar(labels, means, yerr=stds, capsize=5, color=colors, edgecolor="black")
-    for bar, n in zip(bars, summary["runs"]):
-        ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 3),
-                    textcoords="offset points", ha="center", color="white", fontsize=8)
+    rows = range(len(labels))
+    ax.barh(rows, means, xerr=stds, capsize=4, color=colors, edgecolor="black")
+    for row, mean, std, n in zip(rows, means, stds, summary["runs"]):
+        ax.annotate(f"{mean:.3f} ± {std:.3f} (n={n})", (mean + std, row), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(list(rows), labels, fontsize=8)
+    ax.invert_yaxis()  # first row on top, as in comparison.md
     data_names = ", ".join(sorted(summary["data"].unique()))
     ax.set_title(f"Test {metric.upper()} per model\n({data_names}; mean ± s.d. over seeds)")
-    if max(len(line) for label in labels for line in label.split("\n")) > 18:
-        ax.tick_params(axis="x", labelrotation=30)  # long setting names would overlap
-        for tick in ax.get_xticklabels():
-            tick.set_horizontalalignment("right")
-    ax.set_xlabel("model")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_ylim(0, min(1.0, max(0.05, float((means + stds).max()) * 1.15)))
-    ax.grid(axis="y", alpha=0.3)
+    ax.set_xlabel(f"test {metric}")
+    ax.set_xlim(0, max(0.05, float((means + stds).max()) * 1.3))  # room for the bar labels
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
