@@ -550,6 +550,28 @@ def section_profile(batch_sizes: list[int | None]) -> dict:
     return {"rows": rows}
 
 
+def section_netflix_step(n: int, rounds: int) -> dict:
+    """NeuMF's training step at Netflix size (bench/profile_train.py on n synthetic ratings):
+    dense embedding gradients against `model.sparse_embeddings=true`, alternating."""
+    tag = f"{n // 1_000_000}M"
+    root, cache = WORK / f"netflix_{tag}", WORK / f"cache_{tag}"
+    if not (root / "combined_data_1.txt").exists():
+        log(f"netflix step: generate {tag}")
+        child("generate", {"root": str(root), **netflix_params(n)}, timeout=3600)
+    runs: dict[str, list] = {"dense": [], "sparse": []}
+    for r in range(rounds):
+        for kind, extra in (("dense", []), ("sparse", ["model.sparse_embeddings=true"])):
+            log(f"netflix step round {r + 1}/{rounds}: NeuMF, {kind} embedding gradients")
+            res = run([PY, BENCH / "profile_train.py", "--data", "netflix", "--root", str(root), "--steps", "100",
+                       "--warmup", "10", "--top", "6", f"data.cache_dir={cache}", *extra], timeout=1800)
+            runs[kind].append(last_json(res["stdout"]) or {"failed": res["stderr"][-1500:]})
+    best = {kind: min((x for x in v if "lightning_step_ms" in x), key=lambda x: x["lightning_step_ms"], default=None)
+            for kind, v in runs.items()}
+    steps = {kind: (b or {}).get("lightning_step_ms") for kind, b in best.items()}
+    return {"ratings": n, "rounds": rounds, "runs": runs, "best": best,
+            "speedup": ratio(steps["dense"], steps["sparse"])}
+
+
 def section_tradeoff(epochs: int) -> dict:
     rows = []
     for bs, lr in TRADEOFF:
@@ -790,6 +812,25 @@ def write_markdown(res: dict, path: Path) -> None:
                      f"{ph['backward']:.2f} | {ph['optimizer']:.2f} | {r['bare_step_ms']:.1f} | "
                      f"{r['lightning_overhead_share']:.0%} | {ops} |")
         L.append("")
+    if "netflix_step" in res:
+        q = res["netflix_step"]
+        L += [f"## Training step at Netflix size (NeuMF, {q['ratings']:,} synthetic ratings; bench/profile_train.py)",
+              "", "The default NeuMF (batch 1024 positives, 4 negatives, one thread) on Netflix-size tables "
+              "(480k users): with dense embedding gradients every step zero-fills gradients as large as the "
+              "tables and Adam updates every row; with `model.sparse_embeddings=true` the tables get sparse "
+              "gradients and `SparseRowsAdam` updates only the rows a batch drew. Best of "
+              f"{q['rounds']} alternating runs each.", "",
+              "| embedding gradients | step (ms) | samples/s | sampling | forward (+ log) | backward | optimizer | "
+              "bare loop (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for kind, r in q["best"].items():
+            if not r:
+                L.append(f"| {kind} | failed | | | | | | |")
+                continue
+            ph = r["phases_ms"]
+            L.append(f"| {kind} | {r['lightning_step_ms']:.1f} | {fmt(r['lightning_samples_per_s'])} | "
+                     f"{ph['sampling']:.2f} | {ph['forward']:.2f} | {ph['backward']:.2f} | {ph['optimizer']:.2f} | "
+                     f"{r['bare_step_ms']:.1f} |")
+        L += ["", f"Sparse / dense: **{times(q['speedup'])}** faster per step.", ""]
     if "tradeoff" in res:
         L += ["## Batch size and learning rate (NeuMF, ML-100K, CLI, "
               f"{res['tradeoff']['rows'][0]['epochs']} epochs, best epoch by val HR@10)", "",
@@ -813,7 +854,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~5 min)")
     ap.add_argument("--full", action="store_true", help="also prepare 100M synthetic ratings")
     ap.add_argument("--only", default="", help="comma-separated sections (throughput,time_to_quality,"
-                                               "data_prep,eval,parse,profile,tradeoff)")
+                                               "data_prep,eval,parse,profile,netflix_step,tradeoff; "
+                                               "netflix_step runs with --full or when named)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep bench/_work/run_all")
     ap.add_argument("--render", type=Path, default=None,
@@ -855,6 +897,8 @@ def main() -> None:
             res["parse"] = section_parse(1_000_000 if a.quick else 10_000_000)
         if want("profile"):
             res["profile"] = section_profile([None] if a.quick else [None, 4096])
+        if (a.full and want("netflix_step")) or "netflix_step" in only:
+            res["netflix_step"] = section_netflix_step(100_480_507, rounds=2)
         if want("tradeoff") and not a.quick:
             res["tradeoff"] = section_tradeoff(epochs=10)
     finally:

@@ -419,3 +419,125 @@ def test_neumf_trains_with_each_loss_and_evaluate_reproduces_it(loss, make_cfg):
                         run=f"eval-{loss}")
     evaluate(eval_cfg)
     assert json.loads((Path(eval_cfg.paths.output_dir) / "metrics.json").read_text())["test"] == m["test"]
+
+
+# -- sparse embedding gradients (model.sparse_embeddings) -----------------------------------
+
+def l2_of(name: str) -> float:
+    """An L2 weight for nets with a row penalty (its sparse path is tested too), else 0."""
+    return 1e-3 if hasattr(NETS[name](), "regularization") else 0.0
+
+
+def sparse_module(name: str, **optimizer) -> RecModule:
+    torch.manual_seed(0)
+    return RecModule(NETS[name](), optimizer=partial(torch.optim.Adam, **{"lr": 1e-2, **optimizer}),
+                     sparse_embeddings=True, l2=l2_of(name))
+
+
+@pytest.mark.parametrize("name", [n for n in NETS if n != "pop"])
+def test_sparse_embeddings_give_the_same_loss_and_update_only_drawn_rows(name):
+    users, items = torch.tensor([0, 3]), torch.tensor([[1, 2, 3], [4, 5, 1]])
+    dense = RecModule(NETS[name](), optimizer=partial(torch.optim.Adam, lr=1e-2), l2=l2_of(name))
+    sparse = sparse_module(name)
+    sparse.net.load_state_dict(dense.net.state_dict())
+    batch_ = {"users": users, "items": items}
+    losses = []
+    for module in (sparse, dense):
+        torch.manual_seed(1)  # the same dropout masks
+        losses.append(module.training_loss(batch_))
+    torch.testing.assert_close(*losses)
+    opt = sparse.configure_optimizers()
+    tables = {n: m.weight.detach().clone() for n, m in sparse.net.named_modules()
+              if isinstance(m, torch.nn.Embedding)}
+    assert tables
+    sparse.training_loss(batch_).backward()
+    for n, m in sparse.net.named_modules():
+        if isinstance(m, torch.nn.Embedding):
+            assert m.weight.grad.is_sparse, n
+    opt.step()
+    for n, m in sparse.net.named_modules():
+        if isinstance(m, torch.nn.Embedding):
+            drawn = users if m.num_embeddings == U else items.unique()
+            moved = (m.weight.detach() != tables[n]).any(1)
+            assert moved[drawn].all() and moved.sum() == len(drawn.unique()), n  # the drawn rows only
+
+
+def test_sparse_rows_adam_is_adam_on_dense_layers_and_sparse_adam_on_tables():
+    from flixrec.optim import SparseRowsAdam
+
+    def run(make_optimizers):
+        torch.manual_seed(0)
+        module = sparse_module("neumf")
+        optimizers = make_optimizers(module)
+        for step in range(3):
+            for o in optimizers:
+                o.zero_grad()
+            users, items = torch.tensor([step, 4]), torch.tensor([[1, 2, 3], [5, 6, step]])
+            module.training_loss({"users": users, "items": items}).backward()
+            for o in optimizers:
+                o.step()
+        return module.net.state_dict()
+
+    def tables(module):
+        return [m.weight for m in module.net.modules() if isinstance(m, torch.nn.Embedding)]
+
+    def separate(module):
+        ids = {id(t) for t in tables(module)}
+        return [torch.optim.Adam([p for p in module.parameters() if id(p) not in ids], lr=1e-2),
+                torch.optim.SparseAdam(tables(module), lr=1e-2)]
+
+    ours = run(lambda module: [module.configure_optimizers()])
+    assert isinstance(sparse_module("neumf").configure_optimizers(), SparseRowsAdam)
+    reference = run(separate)
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], msg=key)
+
+
+def test_sparse_rows_adam_follows_the_scheduler_and_restores_its_state():
+    module = sparse_module("gmf")
+    opt = module.configure_optimizers()
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+    users, items = torch.tensor([0, 3]), torch.tensor([[1, 2], [4, 5]])
+    module.training_loss({"users": users, "items": items}).backward()
+    opt.step()
+    scheduler.step()
+    assert all(g["lr"] == pytest.approx(5e-3) for part in [opt] for g in part.param_groups)
+    opt.step()  # the parts take the group's learning rate at each step
+    assert all(g["lr"] == pytest.approx(5e-3) for part in opt.parts for g in part.param_groups)
+    fresh = sparse_module("gmf").configure_optimizers()
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.param_groups[0]["lr"] == pytest.approx(5e-3)
+    for mine, theirs in zip(fresh.parts, opt.parts):
+        assert mine.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
+        for k, state in theirs.state_dict()["state"].items():
+            for name, value in state.items():
+                torch.testing.assert_close(mine.state_dict()["state"][k][name], value)
+
+
+@pytest.mark.parametrize("optimizer, message", [
+    (partial(torch.optim.Adam, lr=1e-3, weight_decay=1e-4), "weight_decay"),
+    (partial(torch.optim.SGD, lr=0.1, momentum=0.9), "torch.optim.Adam or plain torch.optim.SGD"),
+])
+def test_sparse_embeddings_refuse_optimizers_that_cannot_take_them(optimizer, message):
+    module = RecModule(GMF(U, I), optimizer=optimizer, sparse_embeddings=True)
+    with pytest.raises(ConfigError, match=message):
+        module.configure_optimizers()
+
+
+@pytest.mark.parametrize("model", ["neumf", "svd"])  # svd: with its learning-rate schedule
+def test_sparse_embeddings_train_checkpoint_and_evaluate(model, make_cfg):
+    cfg = make_cfg([f"model={model}", "model.sparse_embeddings=true", "trainer.max_epochs=3"],
+                   run=f"train-sparse-{model}")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["val"]["hr@10"] > 0.3, m["val"]  # learns: chance is 10/101
+    eval_cfg = make_cfg([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}"], config_name="evaluate",
+                        run=f"eval-sparse-{model}")
+    evaluate(eval_cfg)
+    assert json.loads((Path(eval_cfg.paths.output_dir) / "metrics.json").read_text())["test"] == m["test"]
+    # resuming restores the optimizer's parts (one more epoch from last.ckpt)
+    resumed = make_cfg([f"model={model}", "model.sparse_embeddings=true", "trainer.max_epochs=4",
+                        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run=f"resume-sparse-{model}")
+    train(resumed)
+    assert json.loads((Path(resumed.paths.output_dir) / "metrics.json").read_text())["val"]["hr@10"] > 0.3

@@ -113,12 +113,17 @@ class RecModule(pl.LightningModule):
         compile: run the training forward through `torch.compile` (the net itself, its
             checkpoints and evaluation stay eager). The first steps pay the compilation.
         loss: "bce" (default), "bpr" or "softmax"; see `ranking_loss`.
+        sparse_embeddings: give the net's embedding tables sparse gradients, so a step costs
+            what its batch draws rather than the tables' size (for Netflix-size tables on a
+            CPU); torch.optim.Adam then becomes `optim.SparseRowsAdam` (lazy Adam on the
+            tables' rows). One process only.
     """
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer] | None,
                  scheduler: Callable[..., Any] | None = None, name: str = "model",
                  ks: Sequence[int] = (5, 10, 20), l2: float = 0.0, full_ranking: bool = True,
-                 full_ranking_cells: int = 1 << 20, compile: bool = False, loss: str = "bce") -> None:
+                 full_ranking_cells: int = 1 << 20, compile: bool = False, loss: str = "bce",
+                 sparse_embeddings: bool = False) -> None:
         super().__init__()
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name = name
@@ -130,6 +135,10 @@ class RecModule(pl.LightningModule):
         self.l2, self.full_ranking, self.full_ranking_cells = l2, full_ranking, full_ranking_cells
         check_loss(loss)  # at build time, not at the first training step
         self.loss = loss
+        self.sparse_embeddings = sparse_embeddings
+        for module in net.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = sparse_embeddings
         self.compile = compile
         self._compiled: Callable[..., Tensor] | None = None
         # Lightning's loop needs an optimizer; a net with nothing to train steps through the
@@ -249,11 +258,36 @@ class RecModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         if not self.automatic_optimization:
             return None
-        opt = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.sparse_embeddings:
+            opt = self._sparse_optimizer(params)
+        else:
+            opt = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt),
                                                    "interval": "epoch"}}
+
+    def _sparse_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """The configured optimizer for embedding tables with sparse gradients: Adam's settings
+        go to `SparseRowsAdam`; plain SGD takes sparse gradients itself; others are refused."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ConfigError("model.sparse_embeddings=true runs in one process; drop it for DDP")
+        factory = self.optimizer_factory
+        func, keywords = getattr(factory, "func", factory), dict(getattr(factory, "keywords", {}))
+        if func is torch.optim.Adam:
+            from flixrec.optim import SparseRowsAdam
+
+            if keywords.get("weight_decay"):
+                raise ConfigError("model.sparse_embeddings=true does not support model.optimizer."
+                                  "weight_decay; use model.l2 (L2 on the rows a batch draws)")
+            sparse = [m.weight for m in self.net.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
+            return SparseRowsAdam(params, sparse, **keywords)
+        if func is torch.optim.SGD and not keywords.get("momentum") and not keywords.get("weight_decay"):
+            return factory(params=params)
+        raise ConfigError(f"model.sparse_embeddings=true works with torch.optim.Adam or plain "
+                          f"torch.optim.SGD, not {getattr(func, '__name__', func)} {keywords}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         config = self.run_config

@@ -41,7 +41,12 @@ def _rows(table: nn.Embedding | Tensor, idx: Tensor) -> Tensor:
     backward (an index_add) ran 1.3-1.5x faster on CPU for the B x m gathers of a training
     batch, where the embedding backward was the largest operator (bench/profile_train.py). On
     CUDA that index_add accumulates with atomics, so gradient sums of rows drawn several times
-    are not bit-reproducible run to run unless `trainer.deterministic=true`."""
+    are not bit-reproducible run to run unless `trainer.deterministic=true`.
+
+    An embedding with `sparse` set (`model.sparse_embeddings`) is looked up with a sparse
+    gradient instead: only the drawn rows, with no zero-filled table-sized gradient."""
+    if isinstance(table, nn.Embedding) and table.sparse:
+        return F.embedding(idx.reshape(-1), table.weight, sparse=True).view(*idx.shape, table.embedding_dim)
     weight = table.weight if isinstance(table, nn.Embedding) else table
     return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[-1])
 
@@ -54,10 +59,10 @@ def row_l2(*lookups: tuple[nn.Embedding, Tensor]) -> Tensor:
     weighs the same as m copies, so this is the per-sample L2 of SGD matrix factorisation: a
     row is shrunk each time it is drawn. When a batch asks for more rows than a table has, the
     penalty is taken over the table weighted by how often each row was drawn (the same value,
-    without gathering the rows a second time)."""
+    without gathering the rows a second time), unless the table has sparse gradients."""
     total = torch.zeros((), device=lookups[0][1].device)
     for table, idx in lookups:
-        if idx.numel() > table.num_embeddings:
+        if idx.numel() > table.num_embeddings and not table.sparse:
             counts = torch.bincount(idx.reshape(-1), minlength=table.num_embeddings)
             norms = table.weight.float().pow(2).sum(-1)
             total = total + 0.5 * (counts.float() @ norms) / idx.numel()
@@ -86,8 +91,9 @@ def _dot(p: Tensor, q: Tensor, w: Tensor | None = None) -> Tensor:
 def _projected_rows(table: nn.Embedding, idx: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(table(idx), weight, bias)`, shaped (*idx.shape, out), computed the cheaper way:
     when the batch asks for more rows than the table has, the whole table is projected once and
-    the projected rows are gathered (the same numbers, up to float rounding)."""
-    if idx.numel() > table.num_embeddings:
+    the projected rows are gathered (the same numbers, up to float rounding), unless the table
+    has sparse gradients (a whole-table projection would give it a dense one)."""
+    if idx.numel() > table.num_embeddings and not table.sparse:
         return _rows(F.linear(table.weight, weight, bias), idx)
     return F.linear(_rows(table, idx), weight, bias)
 
