@@ -819,7 +819,7 @@ def write_markdown(res: dict, path: Path) -> None:
               "(480k users): with dense embedding gradients every step zero-fills gradients as large as the "
               "tables and Adam updates every row; with `model.sparse_embeddings=true` the tables get sparse "
               "gradients and `SparseRowsAdam` updates only the rows a batch drew. Best of "
-              f"{q['rounds']} alternating runs each.", "",
+              f"{q['rounds']} alternating runs each." + rerun_note(res, "netflix_step"), "",
               "| embedding gradients | step (ms) | samples/s | sampling | forward (+ log) | backward | optimizer | "
               "bare loop (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for kind, r in q["best"].items():
