@@ -396,6 +396,8 @@ IMPOSSIBLE = [  # overrides -> what the message says; {tmp}: the test's temporar
     (["data.num_negatives=0"], ["data.num_negatives=0", "at least 1"]),
     (["data.num_test_negatives=299"], ["data.num_test_negatives=299", "not rated"]),
     (["data.negatives_exclude=test"], ["data.negatives_exclude='test'", "train", "all"]),
+    (["model.sparse_embeddings=true", "trainer.gradient_clip_val=1.0"], ["gradient_clip_val", "sparse"]),
+    (["model.sparse_embeddings=true", "trainer=ddp_cpu"], ["one process", "ddp"]),
     (["data.num_test_negatives=50", "model.ks=[5,10,60]"],
      ["model.ks=[5, 10, 60]", "K=60", "51 candidates"]),
     (["data/subset=date_window", "data.subset.start=2030-01-01"], ["leaves no users", "2030-01-01"]),

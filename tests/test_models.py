@@ -516,6 +516,7 @@ def test_sparse_rows_adam_follows_the_scheduler_and_restores_its_state():
 
 @pytest.mark.parametrize("optimizer, message", [
     (partial(torch.optim.Adam, lr=1e-3, weight_decay=1e-4), "weight_decay"),
+    (partial(torch.optim.Adam, lr=1e-3, amsgrad=True), "not model.optimizer.amsgrad"),
     (partial(torch.optim.SGD, lr=0.1, momentum=0.9), "torch.optim.Adam or plain torch.optim.SGD"),
 ])
 def test_sparse_embeddings_refuse_optimizers_that_cannot_take_them(optimizer, message):
@@ -524,10 +525,25 @@ def test_sparse_embeddings_refuse_optimizers_that_cannot_take_them(optimizer, me
         module.configure_optimizers()
 
 
+def test_sparse_embeddings_with_plain_sgd_drop_fused_and_step():
+    module = RecModule(GMF(U, I), optimizer=partial(torch.optim.SGD, lr=0.1, fused=True), sparse_embeddings=True)
+    opt = module.configure_optimizers()
+    assert type(opt) is torch.optim.SGD and not opt.defaults.get("fused")
+    before = module.net.user_emb.weight.detach().clone()
+    module.training_loss({"users": torch.tensor([2]), "items": torch.tensor([[1, 3]])}).backward()
+    opt.step()
+    moved = (module.net.user_emb.weight.detach() != before).any(1)
+    assert moved.tolist() == [u == 2 for u in range(U)]
+
+
+def last_weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
 @pytest.mark.parametrize("model", ["neumf", "svd"])  # svd: with its learning-rate schedule
-def test_sparse_embeddings_train_checkpoint_and_evaluate(model, make_cfg):
-    cfg = make_cfg([f"model={model}", "model.sparse_embeddings=true", "trainer.max_epochs=3"],
-                   run=f"train-sparse-{model}")
+def test_sparse_embeddings_train_checkpoint_evaluate_and_resume(model, make_cfg):
+    sparse = [f"model={model}", "model.sparse_embeddings=true"]
+    cfg = make_cfg([*sparse, "trainer.max_epochs=3"], run=f"train-sparse-{model}")
     train(cfg)
     run = Path(cfg.paths.output_dir)
     m = json.loads((run / "metrics.json").read_text())
@@ -536,8 +552,19 @@ def test_sparse_embeddings_train_checkpoint_and_evaluate(model, make_cfg):
                         run=f"eval-sparse-{model}")
     evaluate(eval_cfg)
     assert json.loads((Path(eval_cfg.paths.output_dir) / "metrics.json").read_text())["test"] == m["test"]
-    # resuming restores the optimizer's parts (one more epoch from last.ckpt)
-    resumed = make_cfg([f"model={model}", "model.sparse_embeddings=true", "trainer.max_epochs=4",
-                        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run=f"resume-sparse-{model}")
+    # a run resumed from last.ckpt for a 4th epoch ends where an uninterrupted 4-epoch run does:
+    # the optimizer's parts (moments, steps) and its learning rate come back
+    resumed = make_cfg([*sparse, "trainer.max_epochs=4", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
+                       run=f"resume-sparse-{model}")
     train(resumed)
-    assert json.loads((Path(resumed.paths.output_dir) / "metrics.json").read_text())["val"]["hr@10"] > 0.3
+    whole = make_cfg([*sparse, "trainer.max_epochs=4"], run=f"whole-sparse-{model}")
+    train(whole)
+    got, want = last_weights(Path(resumed.paths.output_dir)), last_weights(Path(whole.paths.output_dir))
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    # a checkpoint resumes only with the setting it was trained with
+    switched = make_cfg([f"model={model}", "trainer.max_epochs=4",
+                         f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run=f"switched-{model}")
+    with pytest.raises(ConfigError, match="model.sparse_embeddings=true"):
+        train(switched)

@@ -18,8 +18,8 @@ from torch import Tensor
 class SparseRowsAdam(torch.optim.Optimizer):
     """torch.optim.SparseAdam for `sparse_params` and torch.optim.Adam for the other `params`,
     as one optimizer with one param group, so Lightning's automatic optimisation, checkpoints,
-    LR schedulers and the LR monitor treat it like any other: the group's learning rate is
-    handed to both before each step. Keyword arguments as torch.optim.Adam's; `fused` applies
+    LR schedulers and the LR monitor treat it like any other: the group's learning rate, betas
+    and eps are handed to both before each step. Keyword arguments as torch.optim.Adam's; `fused` applies
     to the dense part; weight decay is not supported (use `model.l2`)."""
 
     def __init__(self, params: Iterable[Tensor], sparse_params: Iterable[Tensor], lr: float = 1e-3,
@@ -29,15 +29,32 @@ class SparseRowsAdam(torch.optim.Optimizer):
             raise ValueError("weight decay is not supported with sparse embedding gradients; "
                              "use model.l2 (L2 on the rows a batch draws)")
         params = list(params)
+        self.parts = None  # built below; until then add_param_group is the base class's
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
         sparse_ids = {id(p) for p in sparse_params}
         dense = [p for p in params if id(p) not in sparse_ids]
         sparse = [p for p in params if id(p) in sparse_ids]
-        self.parts: list[torch.optim.Optimizer] = []
+        parts: list[torch.optim.Optimizer] = []
         if dense:
-            self.parts.append(torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, fused=fused))
+            parts.append(torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, fused=fused))
         if sparse:
-            self.parts.append(torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps))
+            parts.append(torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps))
+        self.parts = parts
+
+    # the parts hold the per-parameter state; this view lets Lightning move it between devices
+    # (it updates each parameter's state dict in place)
+    @property
+    def state(self) -> dict:
+        return {p: s for part in getattr(self, "parts", None) or () for p, s in part.state.items()}
+
+    @state.setter
+    def state(self, value: Any) -> None:  # torch.optim.Optimizer.__init__ assigns an empty one
+        pass
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "parts", None) is not None:
+            raise RuntimeError("SparseRowsAdam takes all its parameters when it is built")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -45,23 +62,27 @@ class SparseRowsAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        lr = self.param_groups[0]["lr"]
+        group = self.param_groups[0]  # schedulers may change lr and betas
         for part in self.parts:
-            for group in part.param_groups:
-                group["lr"] = lr
+            for part_group in part.param_groups:
+                part_group.update(lr=group["lr"], betas=group["betas"], eps=group["eps"])
             part.step()
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {"parts": [part.state_dict() for part in self.parts],
-                "lr": self.param_groups[0]["lr"], "initial_lr": self.param_groups[0].get("initial_lr")}
+        group = self.param_groups[0]
+        return {"parts": [part.state_dict() for part in self.parts], "lr": group["lr"],
+                "betas": group["betas"], "eps": group["eps"], "initial_lr": group.get("initial_lr")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "parts" not in state_dict:
+            raise ValueError("not a SparseRowsAdam state (was it saved without model.sparse_embeddings?)")
         parts = state_dict["parts"]
         if len(parts) != len(self.parts):
             raise ValueError(f"optimizer state of {len(parts)} parts for an optimizer of {len(self.parts)}")
         for part, state in zip(self.parts, parts):
             part.load_state_dict(state)
         self.param_groups[0]["lr"] = state_dict["lr"]
+        self.param_groups[0].update({k: v for k, v in state_dict.items() if k in ("betas", "eps")})
         if state_dict.get("initial_lr") is not None:
             self.param_groups[0]["initial_lr"] = state_dict["initial_lr"]

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flixrec.errors import ConfigError
@@ -62,8 +63,8 @@ def setting_labels(runs: pd.DataFrame) -> pd.Series:
         values = group[settings].astype(object).fillna(
             {c: DEFAULT_SETTINGS[c] for c in settings if c in DEFAULT_SETTINGS})
         # whole numbers read as such (a column with a missing value turns 4 into 4.0)
-        values = values.where(values.notna(), "unset").map(
-            lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+        values = values.where(values.notna(), "unset").apply(lambda col: col.map(
+            lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)))
         seeds = group["seed"].astype(str)
         n_seeds = seeds.nunique()
 
@@ -130,7 +131,8 @@ def plot_metric(summary: pd.DataFrame, metric: str, path: Path) -> None:
     data_names = ", ".join(sorted(summary["data"].unique()))
     ax.set_title(f"Test {metric.upper()} per model\n({data_names}; mean ± s.d. over seeds)")
     ax.set_xlabel(f"test {metric}")
-    ax.set_xlim(0, max(0.05, float((means + stds).max()) * 1.3))  # room for the bar labels
+    top = np.nanmax(means + stds) if np.isfinite(means + stds).any() else 0.0  # a metric may be missing
+    ax.set_xlim(0, max(0.05, float(top) * 1.3))  # room for the bar labels
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -51,7 +51,16 @@ def check_trainer(cfg: DictConfig) -> None:
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer accelerator={acc!r} needs a CUDA GPU, but torch sees none "
                           f"(torch {torch.__version__}, cuda available: False); use trainer=cpu")
-    optimizer = (cfg.get("model") or {}).get("optimizer") or {}
+    model = cfg.get("model") or {}
+    if model.get("sparse_embeddings"):
+        if cfg.trainer.get("gradient_clip_val"):
+            raise ConfigError("model.sparse_embeddings=true cannot be combined with trainer.gradient_clip_val: "
+                              "Lightning's gradient clipping does not take sparse gradients")
+        strategy, devices = str(cfg.trainer.get("strategy", "auto")), cfg.trainer.get("devices", 1)
+        if "ddp" in strategy or (isinstance(devices, int) and devices > 1) or cfg.trainer.get("num_nodes", 1) > 1:
+            raise ConfigError(f"model.sparse_embeddings=true runs in one process, not with trainer strategy="
+                              f"{strategy} devices={devices}; drop it for DDP")
+    optimizer = model.get("optimizer") or {}
     if str(cfg.trainer.get("precision")) in ("16", "16-mixed") and cfg.trainer.get("gradient_clip_val") \
             and optimizer.get("fused"):
         raise ConfigError("trainer.precision=16-mixed with trainer.gradient_clip_val needs an optimizer "

@@ -282,10 +282,15 @@ class RecModule(pl.LightningModule):
             if keywords.get("weight_decay"):
                 raise ConfigError("model.sparse_embeddings=true does not support model.optimizer."
                                   "weight_decay; use model.l2 (L2 on the rows a batch draws)")
+            unknown = sorted(set(keywords) - {"lr", "betas", "eps", "weight_decay", "fused"})
+            if unknown:
+                raise ConfigError(f"model.sparse_embeddings=true takes Adam's lr, betas, eps and fused, "
+                                  f"not model.optimizer.{', model.optimizer.'.join(unknown)}")
             sparse = [m.weight for m in self.net.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
             return SparseRowsAdam(params, sparse, **keywords)
         if func is torch.optim.SGD and not keywords.get("momentum") and not keywords.get("weight_decay"):
-            return factory(params=params)
+            # fused SGD takes no sparse gradients; plain SGD does
+            return torch.optim.SGD(params, **{k: v for k, v in keywords.items() if k != "fused"})
         raise ConfigError(f"model.sparse_embeddings=true works with torch.optim.Adam or plain "
                           f"torch.optim.SGD, not {getattr(func, '__name__', func)} {keywords}")
 
@@ -302,6 +307,10 @@ class RecModule(pl.LightningModule):
         checkpoint["flixrec_train"] = {"seconds": self.train_seconds, "samples": self.train_samples}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = ((checkpoint.get("flixrec_config") or {}).get("model") or {}).get("sparse_embeddings", False)
+        if checkpoint.get("optimizer_states") and bool(stored) != self.sparse_embeddings:
+            raise ConfigError(f"the checkpoint was trained with model.sparse_embeddings={str(bool(stored)).lower()}, "
+                              f"a different optimizer state; resume it with the same setting")
         self.run_config = checkpoint.get("flixrec_config")
         state = checkpoint.get("flixrec_train", {})
         self.train_seconds = state.get("seconds", 0.0)
