@@ -20,14 +20,11 @@ class SparseRowsAdam(torch.optim.Optimizer):
     as one optimizer with one param group, so Lightning's automatic optimisation, checkpoints,
     LR schedulers and the LR monitor treat it like any other: the group's learning rate, betas
     and eps are handed to both before each step. Keyword arguments as torch.optim.Adam's; `fused` applies
-    to the dense part; weight decay is not supported (use `model.l2`)."""
+    to the dense part; there is no weight decay (use `model.l2`: L2 on the rows a batch draws)."""
 
     def __init__(self, params: Iterable[Tensor], sparse_params: Iterable[Tensor], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  fused: bool | None = None) -> None:
-        if weight_decay:
-            raise ValueError("weight decay is not supported with sparse embedding gradients; "
-                             "use model.l2 (L2 on the rows a batch draws)")
         params = list(params)
         self.parts = None  # built below; until then add_param_group is the base class's
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})

@@ -483,18 +483,20 @@ class RatingsDataModule(pl.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def _on_device(self, name: str, device: torch.device) -> Tensor:
+        """Attribute `name` (a tensor), moved to `device` once and kept there."""
+        tensor = getattr(self, name)
+        if tensor.device != device:
+            tensor = tensor.to(device)
+            setattr(self, name, tensor)
+        return tensor
+
     def _device_keys(self, device: torch.device) -> Tensor:
-        if self.train_keys.device != device:
-            self.train_keys = self.train_keys.to(device)
-        return self.train_keys
+        return self._on_device("train_keys", device)
 
     def _negative_keys(self, device: torch.device) -> Tensor:
         """The sorted pair keys training negatives avoid (`negatives_exclude`), on `device`."""
-        if self.all_keys is None:
-            return self._device_keys(device)
-        if self.all_keys.device != device:
-            self.all_keys = self.all_keys.to(device)
-        return self.all_keys
+        return self._on_device("train_keys" if self.all_keys is None else "all_keys", device)
 
     def _negative_generator(self, device: torch.device) -> torch.Generator:
         # one stream per (epoch, rank), reseeded when the epoch changes, so a resumed run

@@ -270,10 +270,8 @@ class RecModule(pl.LightningModule):
 
     def _sparse_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
         """The configured optimizer for embedding tables with sparse gradients: Adam's settings
-        go to `SparseRowsAdam`; plain SGD takes sparse gradients itself; others are refused."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            raise ConfigError("model.sparse_embeddings=true runs in one process; drop it for DDP")
+        go to `SparseRowsAdam`; plain SGD takes sparse gradients itself; others are refused.
+        (DDP and gradient clipping are refused earlier, from the config: `run.check_trainer`.)"""
         factory = self.optimizer_factory
         func, keywords = getattr(factory, "func", factory), dict(getattr(factory, "keywords", {}))
         if func is torch.optim.Adam:
@@ -282,11 +280,12 @@ class RecModule(pl.LightningModule):
             if keywords.get("weight_decay"):
                 raise ConfigError("model.sparse_embeddings=true does not support model.optimizer."
                                   "weight_decay; use model.l2 (L2 on the rows a batch draws)")
-            unknown = sorted(set(keywords) - {"lr", "betas", "eps", "weight_decay", "fused"})
+            unknown = sorted(set(keywords) - {"lr", "betas", "eps", "fused", "weight_decay"})
             if unknown:
                 raise ConfigError(f"model.sparse_embeddings=true takes Adam's lr, betas, eps and fused, "
                                   f"not model.optimizer.{', model.optimizer.'.join(unknown)}")
             sparse = [m.weight for m in self.net.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
+            keywords.pop("weight_decay", None)  # 0 here
             return SparseRowsAdam(params, sparse, **keywords)
         if func is torch.optim.SGD and not keywords.get("momentum") and not keywords.get("weight_decay"):
             # fused SGD takes no sparse gradients; plain SGD does
