@@ -686,7 +686,7 @@ def write_markdown(res: dict, path: Path) -> None:
                  f"model size and negatives (`notebook_baseline.py {' '.join(t['recommended_baseline_args'])}`, "
                  f"batch 256): {fmt(t['recommended_baseline_samples_per_s'])} samples/s (best of "
                  f"{', '.join(fmt(x) for x in t['recommended_baseline_runs'])})."
-                 if t.get("recommended_baseline_samples_per_s") else ""), "",
+                 if t.get("recommended_baseline_samples_per_s") else "") + rerun_note(res, "throughput"), "",
               "| model | batch (positives) | samples/step | threads | samples/s (best) | runs | vs baseline |",
               "|---|---:|---:|---:|---:|---|---:|"]
         for r in t["rows"]:
@@ -703,8 +703,9 @@ def write_markdown(res: dict, path: Path) -> None:
             bf16 = rec["model"].endswith(BF16)
             targets.append((f"NeuMF training at the recommended setting ({rec['model'].split(', ')[1]}: batch "
                             f"{rec['batch_size']}, {rec['samples_per_step']} samples/step"
-                            + ("; bf16 autocast on this CPU's AVX512-BF16, accuracy in bench/ACCURACY.md"
-                               if bf16 else "") + ") >= 30x baseline",
+                            + ("; bf16 autocast on this CPU's bf16 instructions; this row is the throughput "
+                               "half of the target, its accuracy half is in bench/ACCURACY.md" if bf16 else "")
+                            + ") >= 30x baseline",
                             f"{rec['ratio']}x", met(rec["ratio"], 30)))
         if neumf:
             targets.append(("(for reference) NeuMF at conf/model/neumf.yaml's size and the default batch "
