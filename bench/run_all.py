@@ -68,7 +68,8 @@ TTQ_RECIPES = {"batch 4096, lr 0.01, 8 epochs": ["data.batch_size=4096", "model.
 # throughput target is judged at its batch size, the one that also meets the accuracy target.
 RECOMMENDED = "neumf_ml100k"
 # ... and the same on the CPU in bf16 autocast: 1.6x the samples/s on a CPU with AVX512-BF16
-# (bench/ACCURACY.md: the same validation and test figures within noise); slower on a CPU without
+# (bench/ACCURACY.md: the same validation and test figures within noise); 3.8x slower with oneDNN
+# capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, as on a CPU without AVX-512)
 BF16 = "trainer.precision=bf16-mixed"
 TRADEOFF = [(256, 0.001), (1024, 0.001), (1024, 0.005), (4096, 0.003), (4096, 0.01)]
 NETFLIX_USERS, NETFLIX_RATINGS, NETFLIX_MOVIES = 480_189, 100_480_507, 17_770
