@@ -193,3 +193,46 @@ def test_comparison_keeps_swept_settings_apart_and_names_them():
     assert summary.loc["neumf (lr=0.01)", "runs"] == summary.loc["mf (lr=0.1)", "runs"] == 2
     assert summary.loc["mf (lr=0.2)", "runs"] == 2
 
+
+
+def test_allocator_tuning_sets_both_thresholds_unless_the_user_tuned_malloc(monkeypatch):
+    import ctypes
+    import os
+
+    import flixrec
+
+    calls = []
+
+    class FakeLibc:
+        def __init__(self, accept: bool) -> None:
+            self.accept = accept
+
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return int(self.accept)
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc(accept=True))
+    flixrec._keep_freed_memory()
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, then M_TRIM_THRESHOLD
+
+    calls.clear()  # a libc that refuses the first keeps its own adjustment of the second
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc(accept=False))
+    flixrec._keep_freed_memory()
+    assert calls == [(-3, 32 << 20)]
+
+    calls.clear()  # the user's own malloc settings win
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc(accept=True))
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    flixrec._keep_freed_memory()
+    assert calls == []
+
+    def no_glibc(name):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
+    flixrec._keep_freed_memory()  # musl and others: nothing to do, no error
+    assert calls == []
