@@ -67,7 +67,7 @@ TTQ_RECIPES = {"batch 4096, lr 0.01, 8 epochs": ["data.batch_size=4096", "model.
 # The NeuMF setting recommended for ML-100K (tuned on validation, bench/ACCURACY.md): the
 # throughput target is judged at its batch size, the one that also meets the accuracy target.
 RECOMMENDED = "neumf_ml100k"
-# ... and the same on the CPU in bf16 autocast: 1.6x the samples/s on a CPU with AVX512-BF16
+# ... and the same on the CPU in bf16 autocast: 1.25x the samples/s on a CPU with AVX512-BF16
 # (bench/ACCURACY.md: the same validation and test figures within noise); 3.8x slower with oneDNN
 # capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, as on a CPU without AVX-512)
 BF16 = "trainer.precision=bf16-mixed"

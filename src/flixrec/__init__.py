@@ -16,7 +16,7 @@ def _keep_freed_memory() -> None:
     A training step allocates and frees tensors of a few MB to a few tens of MB. By default
     glibc serves those with fresh mmaps or trims them off the heap when freed, so every step
     page-faults its memory in again: at batch 8192 on ML-100K that was ~0.25 of the CPU time
-    in the kernel and 1.25x the steps/s once turned off (bench/RESULTS.md). Blocks over 32 MB
+    in the kernel and 1.25x the steps/s once turned off (README, Configuration groups). Blocks over 32 MB
     still get their own mmap and are returned when freed; the heap keeps up to 1 GB of free
     space at its top. Skipped where it cannot apply (not Linux glibc) and when the user set any
     MALLOC_* variable (their setting wins), as with OMP_WAIT_POLICY above.
