@@ -611,8 +611,8 @@ def machine() -> dict:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "src", "conf", "train.py"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())
     flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return {"cpu": cpu, "cpu_bf16": [f for f in flags if "bf16" in f or f.startswith("amx")],
+                  if line.split(":", 1)[0].strip() in ("flags", "Features")), [])  # x86, Arm
+    return {"cpu": cpu, "cpu_bf16": [f for f in flags if "bf16" in f],
             "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
             "mem_mb": mem, "python": platform.python_version(), "torch": torch_v, "lightning": pl_v,
             "numpy": np_v, "pandas": pd_v, "platform": platform.platform(),
