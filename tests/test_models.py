@@ -229,6 +229,24 @@ def test_test_full_and_oracle_in_metrics(make_cfg):
     assert 0 < m["oracle"]["test_full"]["hr@10"] <= m["oracle"]["test"]["hr@10"]
 
 
+def test_generated_data_read_as_netflix_files_still_has_its_oracle(make_cfg, tmp_path):
+    from flixrec.data.synthetic import generate
+
+    root = tmp_path / "generated"
+    generate(root, num_users=80, num_items=200, mean_ratings_per_user=15, seed=3)
+    cfg = make_cfg(["data=netflix", f"data.root={root}", "data.num_test_negatives=50", "model=gmf",
+                    "trainer.max_epochs=1"], run="netflix_layout")
+    train(cfg)
+    m = read_metrics(cfg)
+    assert m["oracle"]["test"]["hr@10"] > m["baseline_pop"]["test"]["hr@10"]
+
+    (root / "synthetic.json").unlink()  # no longer a complete generated set: no oracle
+    cfg = make_cfg(["data=netflix", f"data.root={root}", "data.num_test_negatives=50", "model=gmf",
+                    "trainer.max_epochs=1"], run="plain_files")
+    train(cfg)
+    assert "oracle" not in read_metrics(cfg)
+
+
 def test_full_ranking_can_be_switched_off(make_cfg):
     cfg = make_cfg(["model=gmf", "trainer.max_epochs=1", "model.full_ranking=false"], run="off")
     train(cfg)

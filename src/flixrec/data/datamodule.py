@@ -360,10 +360,15 @@ class RatingsDataModule(pl.LightningDataModule):
     def true_scores(self, users: Tensor, items: Tensor) -> Tensor | None:
         """The generator's true preference of (users, items) (dense indices, any shapes that
         broadcast), float32 on the CPU, for synthetic data; None for real data. Ranking by it is
-        the oracle: the ceiling for any model on this data."""
-        if self.generate is None:
+        the oracle: the ceiling for any model on this data.
+
+        Synthetic means `data.generate` (data=synthetic) or a folder holding a complete data set
+        from `python -m flixrec.data.synthetic` read with another data config (data=netflix)."""
+        from flixrec.data.synthetic import TRUTH, read_marker, true_scores
+
+        if self.generate is None and (read_marker(Path(self.root)) is None
+                                      or not (Path(self.root) / TRUTH).is_file()):
             return None
-        from flixrec.data.synthetic import true_scores
 
         t = self.table
         return torch.from_numpy(true_scores(Path(self.root), t.user_ids[users.cpu().numpy()],
