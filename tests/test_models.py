@@ -247,6 +247,53 @@ def test_generated_data_read_as_netflix_files_still_has_its_oracle(make_cfg, tmp
     assert "oracle" not in read_metrics(cfg)
 
 
+def test_full_ranking_on_a_seeded_sample_of_users(make_cfg):
+    sample = ["data.full_ranking_users=30", "trainer.max_epochs=1"]
+    cfg = make_cfg(["model=mf", *sample], run="mf")
+    train(cfg)
+    m = read_metrics(cfg)
+    assert m["data_stats"]["full_ranking_users"] == 30 < m["data_stats"]["eval_users"]
+    # the same 30 users for every model of the seed, another 30 for another seed
+    dm, module = build(cfg)
+    mask = dm.full_rank_mask
+    assert int(mask.sum()) == 30
+    assert torch.equal(build(make_cfg(["model=gmf", *sample], run="gmf"))[0].full_rank_mask, mask)
+    assert not torch.equal(build(make_cfg(["seed=7", *sample], run="seed7"))[0].full_rank_mask, mask)
+    # test_full is the full ranking of exactly those users by the tested checkpoint
+    state = torch.load(Path(cfg.paths.output_dir) / m["checkpoint"], weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    users, positives = dm.eval_users[mask], dm.test_items[mask, 0]
+    rows, items = rated_items(dm.train_keys, users, dm.num_items)
+    with torch.no_grad():
+        ranks = full_ranks(module.net.eval(), users, positives, rows, items, dm.num_items)
+    metric = RankingMetrics((5, 10, 20))
+    metric.update(ranks=ranks)
+    assert m["test_full"] == pytest.approx({k: float(v) for k, v in metric.compute().items()}, abs=1e-6)
+    # and so is the oracle's
+    truth = lambda u, i: dm.true_scores(u[:, None], i)  # noqa: E731
+    metric.reset()
+    metric.update(ranks=full_ranks(truth, users, positives, rows, items, dm.num_items))
+    assert m["oracle"]["test_full"] == pytest.approx({k: float(v) for k, v in metric.compute().items()}, abs=1e-6)
+    # the sampled candidates still cover every user (the sample changes nothing in training)
+    everyone = make_cfg(["model=mf", "trainer.max_epochs=1"], run="everyone")
+    train(everyone)
+    assert read_metrics(everyone)["test"] == m["test"]
+    assert read_metrics(everyone)["data_stats"]["full_ranking_users"] == m["data_stats"]["eval_users"]
+    # evaluate.py can sample for a checkpoint trained without: the same users, the same figures
+    ckpt = Path(everyone.paths.output_dir) / "checkpoints" / "best.ckpt"
+    eval_cfg = make_cfg([f"ckpt_path={ckpt}", "full_ranking_users=30"], config_name="evaluate", run="eval")
+    evaluate(eval_cfg)
+    assert read_metrics(eval_cfg)["test_full"] == m["test_full"]
+
+
+def test_full_ranking_users_must_be_positive(tmp_path):
+    from flixrec.data.datamodule import RatingsDataModule
+    from flixrec.data.netflix import NetflixReader
+
+    with pytest.raises(ConfigError, match="full_ranking_users=0"):
+        RatingsDataModule("x", str(tmp_path), NetflixReader, full_ranking_users=0)
+
+
 def test_full_ranking_can_be_switched_off(make_cfg):
     cfg = make_cfg(["model=gmf", "trainer.max_epochs=1", "model.full_ranking=false"], run="off")
     train(cfg)

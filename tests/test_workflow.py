@@ -117,7 +117,7 @@ def test_recommend_prints_unrated_movies_with_titles(make_cfg, capsys):
 def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path, data_dir):
     run = tmp_path / "ddp"
     proc = run_cli(["train.py", "trainer=ddp_cpu", "logger=none", *FAST, "model=gmf",
-                    f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"])
+                    "data.full_ranking_users=40", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["test"]["hr@10"] >= 0
@@ -126,9 +126,12 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path, da
     ev = tmp_path / "ddp-eval"
     proc = run_cli(["evaluate.py", f"ckpt_path={run / m['checkpoint']}", f"hydra.run.dir={ev}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = json.loads((ev / "metrics.json").read_text())["test"]
+    single = json.loads((ev / "metrics.json").read_text())
     # metrics.json rounds to 6 places and ranks sum floats in another order: allow 2e-6
-    assert single == pytest.approx(m["test"], abs=2e-6)
+    assert single["test"] == pytest.approx(m["test"], abs=2e-6)
+    # so does the full ranking of the sampled users, which each rank took its share of
+    assert single["data_stats"]["full_ranking_users"] == m["data_stats"]["full_ranking_users"] == 40
+    assert single["test_full"] == pytest.approx(m["test_full"], abs=2e-6)
 
 
 def test_gpu_trainer_without_gpu_fails_at_once(tmp_path, data_dir):

@@ -157,11 +157,14 @@ def oracle_baseline(dm, ks, full: bool, max_full_cells: int = 10 ** 8) -> dict |
     sampled = RankingMetrics(tuple(ks))
     sampled.update(scores)
     out = {"test": {k: round(float(v), 6) for k, v in sampled.compute().items()}}
+    # the users the model is fully ranked on (all, or data.full_ranking_users of them)
+    ranked = slice(None) if dm.full_rank_mask is None else dm.full_rank_mask
+    users, positives = users[ranked], dm.test_items[ranked, 0]
     if full and len(users) * dm.num_items <= max_full_cells:
         rows, items = rated_items(dm.train_keys.cpu(), users, dm.num_items)
         whole = RankingMetrics(tuple(ks))
         oracle = lambda u, i: dm.true_scores(u[:, None], i)  # noqa: E731 - scores like a net
-        whole.update(ranks=full_ranks(oracle, users, dm.test_items[:, 0], rows, items, dm.num_items))
+        whole.update(ranks=full_ranks(oracle, users, positives, rows, items, dm.num_items))
         out["test_full"] = {k: round(float(v), 6) for k, v in whole.compute().items()}
     return out
 
@@ -276,6 +279,8 @@ def evaluate(cfg: DictConfig) -> None:
     run_cfg.trainer = cfg.trainer
     run_cfg.logger = None
     run_cfg.paths.output_dir = cfg.paths.output_dir
+    if cfg.get("full_ranking_users") is not None:  # e.g. a quicker full ranking than in training
+        run_cfg.data.full_ranking_users = int(cfg.full_ranking_users)
     pl.seed_everything(run_cfg.seed, workers=True, verbose=False)
     dm, model = build(run_cfg)
     trainer = build_trainer(run_cfg, with_callbacks=False)
@@ -322,13 +327,16 @@ def print_summary(result: dict, out_dir: Path) -> None:
     lines = [f"flixrec {result['model']} on {result['data']} (seed {result['seed']})"]
     if "best_epoch" in result:
         lines.append(f"  best epoch (val/hr@10): {result['best_epoch']}")
-    labels = {"val": "val:  ", "test": "test: ", "test_full": "test, ranked against every unrated movie: "}
+    stats = result.get("data_stats", {})
+    sample = (f" ({stats['full_ranking_users']:,} sampled users)"
+              if stats.get("full_ranking_users", stats.get("eval_users")) != stats.get("eval_users") else "")
+    labels = {"val": "val:  ", "test": "test: ", "test_full": f"test, ranked against every unrated movie{sample}: "}
     for block, label in labels.items():
         if block in result:
             lines.append(f"  {label}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()
                                                   if k in ("hr@10", "ndcg@10", "mrr")))
     for block, values in (result.get("oracle") or {}).items():
-        what = "every unrated movie" if block == "test_full" else "test candidates"
+        what = f"every unrated movie{sample}" if block == "test_full" else "test candidates"
         lines.append(f"  oracle (true preferences, the ceiling), {what}: hr@10 {values['hr@10']:.4f}  "
                      f"ndcg@10 {values['ndcg@10']:.4f}")
     if "baseline_pop" in result:

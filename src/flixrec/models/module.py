@@ -243,9 +243,13 @@ class RecModule(pl.LightningModule):
         self.test_metrics.update(score_candidates(self.net, users, items))
         if self.full_ranking and "seen_rows" in batch:
             self._full_ranked = True
-            self.test_full_metrics.update(ranks=full_ranks(
-                self.net, users, items[:, 0], batch["seen_rows"], batch["seen_items"],
-                int(batch["num_items"]), self.full_ranking_cells))
+            rows = batch.get("full_rows")  # data.full_ranking_users: the batch's sampled users
+            if rows is not None:
+                users, items = users[rows], items[rows]
+            if len(users):
+                self.test_full_metrics.update(ranks=full_ranks(
+                    self.net, users, items[:, 0], batch["seen_rows"], batch["seen_items"],
+                    int(batch["num_items"]), self.full_ranking_cells))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
