@@ -240,6 +240,16 @@ def test_generated_data_read_as_netflix_files_still_has_its_oracle(make_cfg, tmp
     m = read_metrics(cfg)
     assert m["oracle"]["test"]["hr@10"] > m["baseline_pop"]["test"]["hr@10"]
 
+    # rating files of another generated set under this set's truth: no oracle, and no lost run
+    other = tmp_path / "other"
+    generate(other, num_users=80, num_items=200, mean_ratings_per_user=15, seed=4)
+    for f in other.glob("combined_data_*.txt"):
+        f.replace(root / f.name)
+    cfg = make_cfg(["data=netflix", f"data.root={root}", "data.num_test_negatives=50", "model=gmf",
+                    "trainer.max_epochs=1"], run="replaced_files")
+    train(cfg)
+    assert "oracle" not in read_metrics(cfg) and "test" in read_metrics(cfg)
+
     (root / "synthetic.json").unlink()  # no longer a complete generated set: no oracle
     cfg = make_cfg(["data=netflix", f"data.root={root}", "data.num_test_negatives=50", "model=gmf",
                     "trainer.max_epochs=1"], run="plain_files")
@@ -252,7 +262,7 @@ def test_full_ranking_on_a_seeded_sample_of_users(make_cfg):
     cfg = make_cfg(["model=mf", *sample], run="mf")
     train(cfg)
     m = read_metrics(cfg)
-    assert m["data_stats"]["full_ranking_users"] == 30 < m["data_stats"]["eval_users"]
+    assert m["test_full_users"] == 30 < m["data_stats"]["eval_users"]
     # the same 30 users for every model of the seed, another 30 for another seed
     dm, module = build(cfg)
     mask = dm.full_rank_mask
@@ -278,12 +288,52 @@ def test_full_ranking_on_a_seeded_sample_of_users(make_cfg):
     everyone = make_cfg(["model=mf", "trainer.max_epochs=1"], run="everyone")
     train(everyone)
     assert read_metrics(everyone)["test"] == m["test"]
-    assert read_metrics(everyone)["data_stats"]["full_ranking_users"] == m["data_stats"]["eval_users"]
+    assert read_metrics(everyone)["test_full_users"] == m["data_stats"]["eval_users"]
     # evaluate.py can sample for a checkpoint trained without: the same users, the same figures
     ckpt = Path(everyone.paths.output_dir) / "checkpoints" / "best.ckpt"
     eval_cfg = make_cfg([f"ckpt_path={ckpt}", "full_ranking_users=30"], config_name="evaluate", run="eval")
     evaluate(eval_cfg)
     assert read_metrics(eval_cfg)["test_full"] == m["test_full"]
+    # ... and rank every user for one trained on a sample
+    eval_cfg = make_cfg([f"ckpt_path={Path(cfg.paths.output_dir) / m['checkpoint']}", "full_ranking_users=all"],
+                        config_name="evaluate", run="eval-all")
+    evaluate(eval_cfg)
+    assert read_metrics(eval_cfg)["test_full"] == read_metrics(everyone)["test_full"]
+    assert read_metrics(eval_cfg)["test_full_users"] == m["data_stats"]["eval_users"]
+
+
+def test_sampled_full_ranking_does_not_depend_on_the_evaluation_batches(make_cfg):
+    # batches of 7 users hold 0, 1 or more of the 5 sampled users, at every offset
+    runs = {}
+    for size in (512, 7):
+        cfg = make_cfg(["model=gmf", "trainer.max_epochs=1", "data.full_ranking_users=5",
+                        f"data.eval_batch_size={size}"], run=f"batch{size}")
+        train(cfg)
+        runs[size] = read_metrics(cfg)
+    assert runs[7]["test_full_users"] == runs[512]["test_full_users"] == 5
+    assert runs[7]["test_full"] == pytest.approx(runs[512]["test_full"], abs=1e-6)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_batches_carry_the_sampled_users_seen_items(world_size):
+    from flixrec.data.datamodule import EvalBatches
+
+    gen = torch.Generator().manual_seed(0)
+    num_items, users = 30, torch.arange(23)
+    keys = pair_keys(torch.randint(23, (200,), generator=gen), torch.randint(num_items, (200,), generator=gen),
+                     num_items).unique()
+    mask = torch.zeros(23, dtype=torch.bool)
+    mask[torch.randperm(23, generator=gen)[:9]] = True
+    items = torch.randint(num_items, (23, 5), generator=gen)
+    ranked = []
+    for rank in range(world_size):
+        for b in EvalBatches(users, items, 4, rank, world_size, seen_keys=keys, num_items=num_items,
+                             full_mask=mask):
+            chosen = b["users"][b["full_rows"]]
+            rows, seen = rated_items(keys, chosen, num_items)
+            assert torch.equal(b["seen_rows"], rows) and torch.equal(b["seen_items"], seen)
+            ranked.append(chosen)
+    assert torch.equal(torch.cat(ranked), users[mask])  # every sampled user once, in order
 
 
 def test_full_ranking_users_must_be_positive(tmp_path):

@@ -130,7 +130,7 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path, da
     # metrics.json rounds to 6 places and ranks sum floats in another order: allow 2e-6
     assert single["test"] == pytest.approx(m["test"], abs=2e-6)
     # so does the full ranking of the sampled users, which each rank took its share of
-    assert single["data_stats"]["full_ranking_users"] == m["data_stats"]["full_ranking_users"] == 40
+    assert single["test_full_users"] == m["test_full_users"] == 40
     assert single["test_full"] == pytest.approx(m["test_full"], abs=2e-6)
 
 

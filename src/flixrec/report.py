@@ -47,7 +47,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
 
 NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds"}
 # settings added to the logged hparams later, with the value older runs (which lack them) had
-DEFAULT_SETTINGS = {"loss": "bce", "l2": 0.0, "negatives_exclude": "train"}
+DEFAULT_SETTINGS = {"loss": "bce", "l2": 0.0, "negatives_exclude": "train", "full_ranking_users": "all"}
 
 
 def setting_labels(runs: pd.DataFrame) -> pd.Series:

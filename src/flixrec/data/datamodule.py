@@ -49,6 +49,23 @@ def recency_weights(users: Tensor, keys: Tensor, num_users: int, half_life: floa
     return (weights / weights.mean()).float()
 
 
+def _generated_here(root: Path, table: Ratings) -> bool:
+    """Does `root` hold a complete data set of flixrec's generator (this version) whose counts
+    match the parsed `table`, so that its truth file describes these ratings? (The oracle of
+    data=netflix on generated files; replaced rating files must not get another set's truth.)"""
+    from flixrec.data.synthetic import GENERATOR_VERSION, TRUTH, read_marker
+
+    marker = read_marker(root)
+    if marker is None or marker.get("version") != GENERATOR_VERSION or not (root / TRUTH).is_file():
+        return False
+    stats = marker.get("stats", {})
+    files = [root / f for f in stats.get("files", [])]
+    if not files or not all(f.is_file() for f in files) or sum(f.stat().st_size for f in files) != stats.get("bytes"):
+        return False
+    return (stats.get("ratings"), stats.get("users"), stats.get("movies")) == \
+        (len(table), table.num_users, table.num_items)
+
+
 def _first_duplicate(values: np.ndarray) -> int | None:
     """Index of the first element equal to an earlier one; None when all differ."""
     _, first = np.unique(values, return_index=True)
@@ -224,6 +241,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.full_rank_mask: Tensor | None = None  # which evaluated users full ranking ranks
         self.train_weights: Tensor | None = None
         self.table: Ratings | None = None
+        self._generated = False  # synthetic data whose true preferences are known (true_scores)
         self._neg_state: tuple | None = None
         self._unrated: tuple[Tensor, UnratedItems] | None = None  # (keys it indexes, sampler)
 
@@ -241,13 +259,14 @@ class RatingsDataModule(pl.LightningDataModule):
             return
         t0 = time.perf_counter()
         self.prepare_data()  # cheap when the cache exists; makes setup() usable on its own
-        table = read_cached(self.reader, self.root, self.cache_dir)
+        table = full = read_cached(self.reader, self.root, self.cache_dir)
         if self.subset is not None:
             table = self.subset(table)
         if len(table) == 0:
             raise ConfigError(f"data {self.name!r} at {self.root} has no ratings left after "
                               f"data/subset={self.subset}")
         self.table = table
+        self._generated = self.generate is not None or _generated_here(Path(self.root), full)
         U, I = table.num_users, table.num_items
         users = torch.from_numpy(table.users.astype(np.int64))
         items = torch.from_numpy(table.items.astype(np.int64))
@@ -309,7 +328,6 @@ class RatingsDataModule(pl.LightningDataModule):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, 5)))
             self.full_rank_mask = torch.zeros(n, dtype=torch.bool)
             self.full_rank_mask[order[:self.full_ranking_users]] = True
-        sp.stats["full_ranking_users"] = n if self.full_rank_mask is None else self.full_ranking_users
         self.split_stats = sp.stats
         self.prepare_seconds = time.perf_counter() - t0
         log.info("data %s: %d ratings, %d users, %d items; %d training positives, %d users evaluated "
@@ -387,10 +405,9 @@ class RatingsDataModule(pl.LightningDataModule):
 
         Synthetic means `data.generate` (data=synthetic) or a folder holding a complete data set
         from `python -m flixrec.data.synthetic` read with another data config (data=netflix)."""
-        from flixrec.data.synthetic import TRUTH, read_marker, true_scores
+        from flixrec.data.synthetic import true_scores
 
-        if self.generate is None and (read_marker(Path(self.root)) is None
-                                      or not (Path(self.root) / TRUTH).is_file()):
+        if not self._generated:
             return None
 
         t = self.table
