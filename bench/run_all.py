@@ -578,6 +578,36 @@ def section_netflix_step(n: int, rounds: int) -> dict:
             "speedup": ratio(steps["dense"], steps["sparse"])}
 
 
+# A whole training run at Netflix size on this machine's CPU: sparse embedding gradients, large
+# batches on every core, one epoch, the test's full ranking on a sample of users (NETFLIX_RUN)
+NETFLIX_RUN = ["model.sparse_embeddings=true", "data.batch_size=8192", "model.optimizer.lr=0.005",
+               "train_threads=null", "trainer.max_epochs=1", "data.full_ranking_users=20000"]
+
+
+def section_netflix_run(n: int) -> dict:
+    """`python train.py data=netflix ... NETFLIX_RUN` on n synthetic ratings, as a user runs it:
+    first a cold data preparation alone (parse and cache), then the whole run on the warm cache
+    (default TensorBoard logger and checkpoints); wall, peak RSS and its metrics.json."""
+    tag = f"{n // 1_000_000}M"
+    root, cache = WORK / f"netflix_{tag}", WORK / f"cache_run_{tag}"
+    if not (root / "combined_data_1.txt").exists():
+        log(f"netflix run: generate {tag}")
+        child("generate", {"root": str(root), **netflix_params(n)}, timeout=3600)
+    shutil.rmtree(cache, ignore_errors=True)
+    data = ["data=netflix", f"data.root={root}", f"data.cache_dir={cache}"]
+    log(f"netflix run: prepare {tag} (cold cache)")
+    prep = train_cli([*data, "train=false", "test=false", "logger=none"], WORK / "netflix_run_prep", timeout=3600)
+    log(f"netflix run: train one epoch and test ({' '.join(NETFLIX_RUN)})")
+    res = train_cli([*data, *NETFLIX_RUN], WORK / "netflix_run", timeout=7200)
+    m = res.get("metrics", {})
+    keep = ("prepare_seconds", "train_seconds", "train_samples_per_s", "test", "test_full", "test_full_users",
+            "oracle", "baseline_pop", "data_stats")
+    return {"ratings": n, "overrides": NETFLIX_RUN, "cold_prepare": {"wall_s": prep["wall_s"],
+            "prepare_seconds": prep.get("metrics", {}).get("prepare_seconds"), "peak_rss_mb": prep["peak_rss_mb"]},
+            "wall_s": res["wall_s"], "peak_rss_mb": res["peak_rss_mb"], "rc": res["rc"],
+            **{k: m[k] for k in keep if k in m}}
+
+
 def section_tradeoff(epochs: int) -> dict:
     rows = []
     for bs, lr in TRADEOFF:
@@ -843,6 +873,30 @@ def write_markdown(res: dict, path: Path) -> None:
                      f"{ph['sampling']:.2f} | {ph['forward']:.2f} | {ph['backward']:.2f} | {ph['optimizer']:.2f} | "
                      f"{r['bare_step_ms']:.1f} |")
         L += ["", f"Sparse / dense: **{times(q['speedup'])}** faster per step.", ""]
+    if "netflix_run" in res:
+        q = res["netflix_run"]
+        ks = ("hr@10", "ndcg@10")
+        fig = lambda block: " / ".join(fmt((block or {}).get(k), 4) for k in ks)  # noqa: E731
+        rest = None if q.get("train_seconds") is None else \
+            q["wall_s"] - q["train_seconds"] - (q.get("prepare_seconds") or 0)
+        L += [f"## A whole run at Netflix size (NeuMF, {q['ratings']:,} synthetic ratings, this CPU)", "",
+              f"`python train.py data=netflix data.root=DIR {' '.join(q['overrides'])}` on a warm ratings cache, "
+              "after a cold preparation alone (`train=false test=false`): one epoch, validation of every user, "
+              "the test on the sampled candidates of every user and full ranking of "
+              f"{fmt(q.get('test_full_users'))} sampled users." + rerun_note(res, "netflix_run"), "",
+              "| | seconds | peak RSS (MB) |", "|---|---:|---:|",
+              f"| cold preparation alone (parse, cache, split, candidates): command / prepare | "
+              f"{fmt(q['cold_prepare']['wall_s'], 1)} / {fmt(q['cold_prepare']['prepare_seconds'], 1)} | "
+              f"{fmt(q['cold_prepare']['peak_rss_mb'])} |",
+              f"| the run: whole command | {fmt(q['wall_s'], 1)} | {fmt(q['peak_rss_mb'])} |",
+              f"| ... data preparation (warm cache) | {fmt(q.get('prepare_seconds'), 1)} | |",
+              f"| ... training, one epoch ({fmt(q.get('train_samples_per_s'))} samples/s) | "
+              f"{fmt(q.get('train_seconds'), 1)} | |",
+              f"| ... the rest: start-up, validation, test, oracle, writing | {fmt(rest, 1)} | |", "",
+              "| test (HR@10 / NDCG@10) | sampled candidates | full ranking, sampled users |", "|---|---|---|",
+              f"| NeuMF, one epoch | {fig(q.get('test'))} | {fig(q.get('test_full'))} |",
+              f"| oracle (true preferences) | {fig((q.get('oracle') or {}).get('test'))} | |",
+              f"| most popular | {fig((q.get('baseline_pop') or {}).get('test'))} | |", ""]
     if "tradeoff" in res:
         L += ["## Batch size and learning rate (NeuMF, ML-100K, CLI, "
               f"{res['tradeoff']['rows'][0]['epochs']} epochs, best epoch by val HR@10)", "",
@@ -866,8 +920,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~5 min)")
     ap.add_argument("--full", action="store_true", help="also prepare 100M synthetic ratings")
     ap.add_argument("--only", default="", help="comma-separated sections (throughput,time_to_quality,"
-                                               "data_prep,eval,parse,profile,netflix_step,tradeoff; "
-                                               "netflix_step runs with --full or when named)")
+                                               "data_prep,eval,parse,profile,netflix_step,tradeoff,"
+                                               "netflix_run; netflix_step runs with --full or when named, "
+                                               "netflix_run (~13 min) only when named)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep bench/_work/run_all")
     ap.add_argument("--render", type=Path, default=None,
@@ -911,6 +966,8 @@ def main() -> None:
             res["profile"] = section_profile([None] if a.quick else [None, 4096])
         if (a.full and want("netflix_step")) or "netflix_step" in only:
             res["netflix_step"] = section_netflix_step(100_480_507, rounds=2)
+        if "netflix_run" in only:  # ~13 minutes: only when named
+            res["netflix_run"] = section_netflix_run(100_480_507)
         if want("tradeoff") and not a.quick:
             res["tradeoff"] = section_tradeoff(epochs=10)
     finally:
