@@ -1,8 +1,9 @@
 """flixrec benchmark suite: every figure next to the notebook's pipeline measured in the same run.
 
-    python bench/run_all.py            # CPU suite (~12 min on 2 cores), writes bench/RESULTS.md
+    python bench/run_all.py            # CPU suite (~10 min on 2 cores), writes bench/RESULTS.md
     python bench/run_all.py --quick    # smaller sizes, fewer rounds (~5 min)
-    python bench/run_all.py --full     # adds 100M synthetic ratings to data preparation
+    python bench/run_all.py --full     # adds 100M synthetic ratings and the Netflix-size step (~15 min)
+    python bench/run_all.py --only netflix_run --out DIR/RESULTS.md   # a whole Netflix-size run (~13 min)
 
 Sections (each runs its work in subprocesses, so imports, caches and memory peaks do not leak
 between measurements):
@@ -26,6 +27,12 @@ between measurements):
 - profile: `bench/profile_train.py` (where a training step's time goes), folded in.
 - tradeoff: NeuMF on ML-100K at several batch sizes and learning rates through the CLI
   (10 epochs): val/test HR@10 against samples/s.
+- netflix_step (with --full): one training step at Netflix size, dense against sparse
+  embedding gradients (`bench/profile_train.py`).
+- netflix_run (only when named): a whole `python train.py data=netflix ...` run on 100M
+  synthetic ratings (NETFLIX_RUN: one epoch, sparse embeddings, full ranking of 20,000
+  sampled users), with its phases, peak RSS and metrics; no baseline (the notebook took over
+  20 hours a model, and its preparation alone would need about all 24 GB at this size).
 
 Both pipelines run with OMP_WAIT_POLICY=PASSIVE (flixrec sets it on import; the baseline gets
 it from the environment): on a shared machine, spinning OpenMP threads otherwise make any torch
