@@ -339,7 +339,8 @@ def print_summary(result: dict, out_dir: Path) -> None:
         lines.append(f"  best epoch (val/hr@10): {result['best_epoch']}")
     ranked, everyone = result.get("test_full_users"), result.get("data_stats", {}).get("eval_users")
     sample = f" ({ranked:,} sampled users)" if ranked is not None and ranked != everyone else ""
-    labels = {"val": "val:  ", "test": "test: ", "test_full": f"test, ranked against every unrated movie{sample}: "}
+    labels = {"val": "val:  ", "test": "test: ",
+              "test_full": f"test, ranked against every unrated movie{sample}: "}
     for block, label in labels.items():
         if block in result:
             lines.append(f"  {label}" + "  ".join(f"{k} {v:.4f}" for k, v in result[block].items()

@@ -60,7 +60,9 @@ def _generated_here(root: Path, table: Ratings) -> bool:
         return False
     stats = marker.get("stats", {})
     files = [root / f for f in stats.get("files", [])]
-    if not files or not all(f.is_file() for f in files) or sum(f.stat().st_size for f in files) != stats.get("bytes"):
+    if not files or not all(f.is_file() for f in files):
+        return False
+    if sum(f.stat().st_size for f in files) != stats.get("bytes"):  # rewritten or replaced files
         return False
     return (stats.get("ratings"), stats.get("users"), stats.get("movies")) == \
         (len(table), table.num_users, table.num_items)
@@ -189,7 +191,8 @@ class RatingsDataModule(pl.LightningDataModule):
         full_ranking_users: rank only this many evaluated users, a seeded random sample (the
             same for every model of a seed), against every unrated item in the test's full
             ranking; None: all of them. Full ranking of all 480k Netflix users takes minutes
-            on a CPU; 20,000 users estimate HR@10 within about +-0.005 (two standard errors).
+            on a CPU; 20,000 users estimate an HR@10 near 0.13 within about +-0.005 (two
+            standard errors).
     """
 
     def __init__(self, name: str, root: str, reader: Callable[..., Any], on_bad_lines: str = "error",
@@ -409,7 +412,6 @@ class RatingsDataModule(pl.LightningDataModule):
 
         if not self._generated:
             return None
-
         t = self.table
         return torch.from_numpy(true_scores(Path(self.root), t.user_ids[users.cpu().numpy()],
                                             t.item_ids[items.cpu().numpy()]))
