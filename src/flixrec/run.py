@@ -162,8 +162,7 @@ def oracle_baseline(dm, ks, full: bool, max_full_cells: int = 10 ** 8) -> dict |
     sampled = RankingMetrics(tuple(ks))
     sampled.update(scores)
     out = {"test": {k: round(float(v), 6) for k, v in sampled.compute().items()}}
-    # the users the model is fully ranked on (all, or data.full_ranking_users of them)
-    ranked = slice(None) if dm.full_rank_mask is None else dm.full_rank_mask
+    ranked = dm.full_ranking_rows()  # the users the model is fully ranked on
     users, positives = users[ranked], dm.test_items[ranked, 0]
     if full and len(users) * dm.num_items <= max_full_cells:
         rows, items = rated_items(dm.train_keys.cpu(), users, dm.num_items)
@@ -181,8 +180,7 @@ def test_blocks(trainer, model, dm, ckpt_path: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"test": _floats(metrics, "test/")}
     if any(k.startswith("test_full/") for k in metrics):
         out["test_full"] = _floats(metrics, "test_full/")
-        mask = dm.full_rank_mask  # data.full_ranking_users: a sample of the evaluated users
-        out["test_full_users"] = len(dm.eval_users) if mask is None else int(mask.sum())
+        out["test_full_users"] = len(dm.full_ranking_rows())  # all, or data.full_ranking_users
     out["baseline_pop"] = {"test": popularity_baseline(dm, model.test_metrics.ks)}
     oracle = oracle_baseline(dm, model.test_metrics.ks, full="test_full" in out)
     if oracle is not None:

@@ -416,6 +416,13 @@ class RatingsDataModule(pl.LightningDataModule):
         return torch.from_numpy(true_scores(Path(self.root), t.user_ids[users.cpu().numpy()],
                                             t.item_ids[items.cpu().numpy()]))
 
+    def full_ranking_rows(self) -> Tensor:
+        """Positions in `eval_users` of the users the test's full ranking ranks: all of them, or
+        the seeded sample of `full_ranking_users`; int64, ascending."""
+        if self.full_rank_mask is None:
+            return torch.arange(len(self.eval_users))
+        return self.full_rank_mask.nonzero().view(-1)
+
     def train_seen(self, users: Tensor, items: Tensor) -> Tensor:
         """Bool, shaped like `items`: did the user rate the item in training?"""
         return is_member(self._device_keys(items.device), users, items, self.num_items)

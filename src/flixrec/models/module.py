@@ -281,15 +281,15 @@ class RecModule(pl.LightningModule):
         if func is torch.optim.Adam:
             from flixrec.optim import SparseRowsAdam
 
-            if keywords.get("weight_decay"):
+            if keywords.pop("weight_decay", 0):
                 raise ConfigError("model.sparse_embeddings=true does not support model.optimizer."
                                   "weight_decay; use model.l2 (L2 on the rows a batch draws)")
-            unknown = sorted(set(keywords) - {"lr", "betas", "eps", "fused", "weight_decay"})
+            unknown = sorted(set(keywords) - {"lr", "betas", "eps", "fused"})
             if unknown:
                 raise ConfigError(f"model.sparse_embeddings=true takes Adam's lr, betas, eps and fused, "
                                   f"not model.optimizer.{', model.optimizer.'.join(unknown)}")
-            sparse = [m.weight for m in self.net.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
-            keywords.pop("weight_decay", None)  # 0 here
+            sparse = [m.weight for m in self.net.modules()
+                      if isinstance(m, nn.Embedding) and m.weight.requires_grad]
             return SparseRowsAdam(params, sparse, **keywords)
         if func is torch.optim.SGD and not keywords.get("momentum") and not keywords.get("weight_decay"):
             # fused SGD takes no sparse gradients; plain SGD does
