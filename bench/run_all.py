@@ -25,6 +25,8 @@ between measurements):
   set (17,770 movies), against the notebook's per-user evaluation.
 - parse: `bench/bench_parse.py` (flixrec's reader vs plain pandas), folded in.
 - profile: `bench/profile_train.py` (where a training step's time goes), folded in.
+- sparse_adam: `bench/bench_sparse_adam.py` (the optimizer step of `model.sparse_embeddings`
+  at Netflix size: flixrec's LazyAdam against torch.optim.SparseAdam), folded in.
 - tradeoff: NeuMF on ML-100K at several batch sizes and learning rates through the CLI
   (10 epochs): val/test HR@10 against samples/s.
 - netflix_step (with --full): one training step at Netflix size, dense against sparse
@@ -563,6 +565,14 @@ def section_profile(batch_sizes: list[int | None]) -> dict:
     return {"rows": rows}
 
 
+def section_sparse_adam(rounds: int) -> dict:
+    log("bench_sparse_adam.py: LazyAdam against torch.optim.SparseAdam at Netflix size")
+    res = run([PY, BENCH / "bench_sparse_adam.py", "--rounds", str(rounds)], timeout=600)
+    out = last_json(res["stdout"]) or {"failed": res["stderr"][-1500:]}
+    out["wall_s"] = res["wall_s"]
+    return out
+
+
 def section_netflix_step(n: int, rounds: int) -> dict:
     """NeuMF's training step at Netflix size (bench/profile_train.py on n synthetic ratings):
     dense embedding gradients against `model.sparse_embeddings=true`, alternating."""
@@ -861,6 +871,21 @@ def write_markdown(res: dict, path: Path) -> None:
                      f"{ph['backward']:.2f} | {ph['optimizer']:.2f} | {r['bare_step_ms']:.1f} | "
                      f"{r['lightning_overhead_share']:.0%} | {ops} |")
         L.append("")
+    if "sparse_adam" in res and "rows" in res["sparse_adam"]:
+        q = res["sparse_adam"]
+        L += [f"## Sparse embedding updates at Netflix size (bench/bench_sparse_adam.py)", "",
+              f"The optimizer step of `model.sparse_embeddings=true` for the default NeuMF's four "
+              f"embedding tables ({q['users']:,} users and {q['movies']:,} movies, {q['dim']} columns) "
+              f"after one batch of B users and B x {1 + q['negatives']} movies drawn uniformly: "
+              "flixrec's `LazyAdam` (row gathers and scatters) against torch.optim.SparseAdam (sparse "
+              "tensor arithmetic), the same update, in the same process on the same gradients; medians "
+              "of alternating rounds." + rerun_note(res, "sparse_adam"), "",
+              "| batch | threads | torch SparseAdam (ms) | flixrec LazyAdam (ms) | speedup | largest table difference |",
+              "|---:|---:|---:|---:|---:|---:|"]
+        for r in q["rows"]:
+            L.append(f"| {r['batch']} | {r['threads']} | {r['torch_sparse_adam_ms']:.2f} | "
+                     f"{r['lazy_adam_ms']:.2f} | **{r['speedup']}x** | {r['max_table_difference']:.1e} |")
+        L.append("")
     if "netflix_step" in res:
         q = res["netflix_step"]
         L += [f"## Training step at Netflix size (NeuMF, {q['ratings']:,} synthetic ratings; bench/profile_train.py)",
@@ -927,7 +952,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~5 min)")
     ap.add_argument("--full", action="store_true", help="also prepare 100M synthetic ratings")
     ap.add_argument("--only", default="", help="comma-separated sections (throughput,time_to_quality,"
-                                               "data_prep,eval,parse,profile,netflix_step,tradeoff,"
+                                               "data_prep,eval,parse,profile,sparse_adam,netflix_step,"
+                                               "tradeoff,"
                                                "netflix_run; netflix_step runs with --full or when named, "
                                                "netflix_run (~13 min) only when named)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
@@ -971,6 +997,8 @@ def main() -> None:
             res["parse"] = section_parse(1_000_000 if a.quick else 10_000_000)
         if want("profile"):
             res["profile"] = section_profile([None] if a.quick else [None, 4096])
+        if want("sparse_adam"):
+            res["sparse_adam"] = section_sparse_adam(rounds=2 if a.quick else 3)
         if (a.full and want("netflix_step")) or "netflix_step" in only:
             res["netflix_step"] = section_netflix_step(100_480_507, rounds=2)
         if "netflix_run" in only:  # ~13 minutes: only when named

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -606,6 +607,55 @@ def test_sparse_rows_adam_is_adam_on_dense_layers_and_sparse_adam_on_tables():
     reference = run(separate)
     for key in reference:
         torch.testing.assert_close(ours[key], reference[key], msg=key)
+
+
+@pytest.mark.parametrize("rows, draws", [(40, 300), (5000, 64)])  # both ways of summing rows
+@pytest.mark.parametrize("maximize", [False, True])
+def test_lazy_adam_matches_torch_sparse_adam(rows, draws, maximize):
+    from flixrec.optim import LazyAdam
+
+    def run(cls, load_from=None):
+        torch.manual_seed(0)
+        table = torch.nn.Parameter(torch.randn(rows, 3))
+        opt = cls([table], lr=0.05, betas=(0.8, 0.9), eps=1e-6, maximize=maximize)
+        if load_from is not None:
+            opt.load_state_dict(copy.deepcopy(load_from))  # loading aliases the state's tensors
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            idx = torch.randint(rows, (draws,), generator=gen)  # rows drawn several times
+            idx[:3] = idx[3]
+            opt.zero_grad()
+            (torch.nn.functional.embedding(idx, table, sparse=True).pow(2).sum(1)
+             * torch.arange(draws)).sum().backward()
+            opt.step()
+        return table.detach(), opt.state_dict()
+
+    theirs, their_state = run(torch.optim.SparseAdam)
+    ours, our_state = run(LazyAdam)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    torch.manual_seed(0)
+    assert (ours != torch.randn(rows, 3)).all(1).sum() > min(rows, draws) // 2  # the drawn rows moved
+    for name in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(our_state["state"][0][name], their_state["state"][0][name])
+    assert our_state["state"][0]["step"] == their_state["state"][0]["step"] == 4
+    # checkpoints are interchangeable: continuing from SparseAdam's state gives SparseAdam's steps
+    torch.testing.assert_close(run(LazyAdam, their_state)[0], run(torch.optim.SparseAdam, their_state)[0],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_lazy_adam_leaves_undrawn_rows_and_refuses_dense_gradients():
+    from flixrec.optim import LazyAdam
+
+    table = torch.nn.Parameter(torch.ones(6, 2))
+    opt = LazyAdam([table], lr=0.1)
+    torch.nn.functional.embedding(torch.tensor([4, 1, 4]), table, sparse=True).sum().backward()
+    opt.step()
+    moved = (table.detach() != 1).any(1)
+    assert moved.tolist() == [False, True, False, False, True, False]
+    assert torch.equal(opt.state[table]["exp_avg"][[0, 2, 3, 5]], torch.zeros(4, 2))
+    table.grad = torch.ones(6, 2)
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        opt.step()
 
 
 def test_sparse_rows_adam_follows_the_scheduler_and_restores_its_state():

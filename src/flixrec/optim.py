@@ -2,21 +2,87 @@
 
 With dense gradients every training step zero-fills a gradient as large as each embedding
 table and Adam then updates every row: at Netflix size (480k users) that is most of a CPU step
-(bench/RESULTS.md). With sparse gradients a step costs what its batch draws: torch's SparseAdam
-updates only the rows a batch drew ("lazy" Adam: a row's moments follow its own draws and an
-undrawn row does not move), and the dense layers keep torch's Adam.
+(bench/RESULTS.md). With sparse gradients a step costs what its batch draws: `LazyAdam` (torch's
+SparseAdam update) changes only the rows a batch drew ("lazy" Adam: a row's moments follow its
+own draws and an undrawn row does not move), and the dense layers keep torch's Adam.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
 
+def _summed_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of a sparse gradient with one sparse dimension (an embedding table's)
+    and their summed values: `grad.coalesce()`'s indices and values, without its sort when the
+    table is small next to the number of lookups (a bincount of the rows, O(table rows))."""
+    if grad.sparse_dim() != 1:
+        raise RuntimeError(f"LazyAdam takes gradients of embedding tables (one sparse dimension), "
+                           f"not {grad.sparse_dim()}")
+    if grad.is_coalesced():
+        return grad._indices()[0], grad._values()
+    idx, values = grad._indices()[0], grad._values()
+    if grad.shape[0] <= 4 * idx.numel():
+        drawn = torch.bincount(idx, minlength=grad.shape[0]) > 0
+        rows, inverse = drawn.nonzero().squeeze(1), (torch.cumsum(drawn, 0) - 1)[idx]
+    else:
+        rows, inverse = torch.unique(idx, return_inverse=True)
+    return rows, values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, inverse, values)
+
+
+class LazyAdam(torch.optim.SparseAdam):
+    """torch.optim.SparseAdam's update, state and checkpoints, computed with row gathers and
+    scatters of the drawn rows instead of sparse-tensor arithmetic (coalesce, `sparse_mask`,
+    dense += sparse), which cost most of a sparse training step at Netflix size on the CPU
+    (bench/RESULTS.md). The same formulas in the same order, so the same numbers up to the order
+    in which a row drawn several times in a batch has its gradients summed (first, as
+    SparseAdam's coalesce does)."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps = float(group["lr"]), group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("LazyAdam (SparseAdam) does not support dense gradients, "
+                                       "please consider Adam instead")
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                rows, grad = _summed_rows(p.grad)
+                if group.get("maximize", False):
+                    grad = -grad
+                if rows.numel() == 0:
+                    continue
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                # old <- old + (1 - b) * (new - old), on the drawn rows only
+                old = exp_avg.index_select(0, rows)
+                avg = grad.sub(old).mul_(1 - beta1).add_(old)
+                old = exp_avg_sq.index_select(0, rows)
+                avg_sq = grad.pow(2).sub_(old).mul_(1 - beta2).add_(old)
+                exp_avg.index_copy_(0, rows, avg)
+                exp_avg_sq.index_copy_(0, rows, avg_sq)
+                step = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                p.index_add_(0, rows, avg.div_(avg_sq.sqrt_().add_(eps)).mul_(-step_size))
+        return loss
+
+
 class SparseRowsAdam(torch.optim.Optimizer):
-    """torch.optim.SparseAdam for `sparse_params` and torch.optim.Adam for the other `params`,
+    """`LazyAdam` (torch.optim.SparseAdam's update) for `sparse_params` and torch.optim.Adam for
+    the other `params`,
     as one optimizer with one param group, so Lightning's automatic optimisation, checkpoints,
     LR schedulers and the LR monitor treat it like any other: the group's learning rate, betas
     and eps are handed to both before each step. Keyword arguments as torch.optim.Adam's; `fused` applies
@@ -35,7 +101,7 @@ class SparseRowsAdam(torch.optim.Optimizer):
         if dense:
             parts.append(torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, fused=fused))
         if sparse:
-            parts.append(torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps))
+            parts.append(LazyAdam(sparse, lr=lr, betas=betas, eps=eps))
         self.parts = parts
 
     # the parts hold the per-parameter state; this view lets Lightning move it between devices
