@@ -3,7 +3,7 @@
     python bench/run_all.py            # CPU suite (~10 min on 2 cores), writes bench/RESULTS.md
     python bench/run_all.py --quick    # smaller sizes, fewer rounds (~5 min)
     python bench/run_all.py --full     # adds 100M synthetic ratings and the Netflix-size step (~15 min)
-    python bench/run_all.py --only netflix_run --out DIR/RESULTS.md   # a whole Netflix-size run (~13 min)
+    python bench/run_all.py --only netflix_run --out DIR/RESULTS.md   # a whole Netflix-size run (~11 min)
 
 Sections (each runs its work in subprocesses, so imports, caches and memory peaks do not leak
 between measurements):
@@ -955,7 +955,7 @@ def main() -> None:
                                                "data_prep,eval,parse,profile,sparse_adam,netflix_step,"
                                                "tradeoff,"
                                                "netflix_run; netflix_step runs with --full or when named, "
-                                               "netflix_run (~13 min) only when named)")
+                                               "netflix_run (~11 min) only when named)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep bench/_work/run_all")
     ap.add_argument("--render", type=Path, default=None,
@@ -1001,7 +1001,7 @@ def main() -> None:
             res["sparse_adam"] = section_sparse_adam(rounds=2 if a.quick else 3)
         if (a.full and want("netflix_step")) or "netflix_step" in only:
             res["netflix_step"] = section_netflix_step(100_480_507, rounds=2)
-        if "netflix_run" in only:  # ~13 minutes: only when named
+        if "netflix_run" in only:  # ~11 minutes: only when named
             res["netflix_run"] = section_netflix_run(100_480_507)
         if want("tradeoff") and not a.quick:
             res["tradeoff"] = section_tradeoff(epochs=10)
