@@ -87,6 +87,34 @@ def test_candidates_are_fixed_by_the_seed():
     assert not torch.equal(a, c)
 
 
+def test_candidates_are_the_sets_an_unsorted_redraw_gives():
+    """Rows are sorted before each check (for speed); each user must still get the candidate
+    set that re-checking the rows unsorted gives (figures stay comparable across versions)."""
+    from flixrec.data import sampling
+
+    def unsorted_reference(users, seen, num_items, n, gen):
+        def bad_slots(negs):
+            order = negs.sort(dim=1)
+            repeat = torch.zeros_like(negs, dtype=torch.bool)
+            repeat.scatter_(1, order.indices[:, 1:], order.values[:, 1:] == order.values[:, :-1])
+            return is_member(seen, users[:, None], negs, num_items) | repeat
+
+        negs = torch.randint(num_items, (len(users), n), generator=gen)
+        for _ in range(sampling._MAX_ROUNDS):
+            bad = bad_slots(negs)
+            if not bad.any():
+                return negs
+            negs[bad] = torch.randint(num_items, (int(bad.sum()),), generator=gen)
+        rows = bad_slots(negs).any(1)  # heavy raters: the exact draw
+        negs[rows] = sampling._exact_unseen(users[rows], n, seen, num_items, gen)
+        return negs
+
+    eval_users, _, seen, positives, I = make_candidates()
+    ours = sample_candidates(eval_users, positives, seen, I, 100, torch.Generator().manual_seed(3))
+    theirs = unsorted_reference(eval_users, seen, I, 100, torch.Generator().manual_seed(3))
+    assert torch.equal(ours[:, 1:].sort(dim=1).values, theirs.sort(dim=1).values)
+
+
 def test_heavy_rater_gets_exact_candidates_or_clear_error():
     I = 120
     # user 0 rated all but 101 movies: rejection sampling struggles, the exact fallback finishes
