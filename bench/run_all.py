@@ -873,13 +873,15 @@ def write_markdown(res: dict, path: Path) -> None:
         L.append("")
     if "sparse_adam" in res and "rows" in res["sparse_adam"]:
         q = res["sparse_adam"]
-        L += [f"## Sparse embedding updates at Netflix size (bench/bench_sparse_adam.py)", "",
+        L += ["## Sparse embedding updates at Netflix size (bench/bench_sparse_adam.py)", "",
               f"The optimizer step of `model.sparse_embeddings=true` for the default NeuMF's four "
               f"embedding tables ({q['users']:,} users and {q['movies']:,} movies, {q['dim']} columns) "
               f"after one batch of B users and B x {1 + q['negatives']} movies drawn uniformly: "
               "flixrec's `LazyAdam` (row gathers and scatters) against torch.optim.SparseAdam (sparse "
               "tensor arithmetic), the same update, in the same process on the same gradients; medians "
-              "of alternating rounds." + rerun_note(res, "sparse_adam"), "",
+              "of rounds in alternating order. The last column is the largest difference between the "
+              "two optimizers' tables after the steps (a row's repeated gradients are summed in another "
+              "order)." + rerun_note(res, "sparse_adam"), "",
               "| batch | threads | torch SparseAdam (ms) | flixrec LazyAdam (ms) | speedup | largest table difference |",
               "|---:|---:|---:|---:|---:|---:|"]
         for r in q["rows"]:

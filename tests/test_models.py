@@ -611,7 +611,8 @@ def test_sparse_rows_adam_is_adam_on_dense_layers_and_sparse_adam_on_tables():
 
 @pytest.mark.parametrize("rows, draws", [(40, 300), (5000, 64)])  # both ways of summing rows
 @pytest.mark.parametrize("maximize", [False, True])
-def test_lazy_adam_matches_torch_sparse_adam(rows, draws, maximize):
+@pytest.mark.parametrize("coalesced", [False, True])
+def test_lazy_adam_matches_torch_sparse_adam(rows, draws, maximize, coalesced):
     from flixrec.optim import LazyAdam
 
     def run(cls, load_from=None):
@@ -621,12 +622,14 @@ def test_lazy_adam_matches_torch_sparse_adam(rows, draws, maximize):
         if load_from is not None:
             opt.load_state_dict(copy.deepcopy(load_from))  # loading aliases the state's tensors
         gen = torch.Generator().manual_seed(1)
-        for _ in range(4):
-            idx = torch.randint(rows, (draws,), generator=gen)  # rows drawn several times
-            idx[:3] = idx[3]
+        for step in range(5):
+            idx = torch.randint(rows, (draws if step != 2 else 0,), generator=gen)  # step 2: none
+            idx[:3] = idx[3:4]  # rows drawn several times
             opt.zero_grad()
             (torch.nn.functional.embedding(idx, table, sparse=True).pow(2).sum(1)
-             * torch.arange(draws)).sum().backward()
+             * torch.arange(len(idx))).sum().backward()
+            if coalesced:
+                table.grad = table.grad.coalesce()
             opt.step()
         return table.detach(), opt.state_dict()
 
@@ -637,7 +640,7 @@ def test_lazy_adam_matches_torch_sparse_adam(rows, draws, maximize):
     assert (ours != torch.randn(rows, 3)).all(1).sum() > min(rows, draws) // 2  # the drawn rows moved
     for name in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(our_state["state"][0][name], their_state["state"][0][name])
-    assert our_state["state"][0]["step"] == their_state["state"][0]["step"] == 4
+    assert our_state["state"][0]["step"] == their_state["state"][0]["step"] == 5  # empty steps count
     # checkpoints are interchangeable: continuing from SparseAdam's state gives SparseAdam's steps
     torch.testing.assert_close(run(LazyAdam, their_state)[0], run(torch.optim.SparseAdam, their_state)[0],
                                rtol=1e-6, atol=1e-7)

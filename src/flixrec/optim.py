@@ -17,9 +17,10 @@ from torch import Tensor
 
 
 def _summed_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
-    """The distinct rows of a sparse gradient with one sparse dimension (an embedding table's)
-    and their summed values: `grad.coalesce()`'s indices and values, without its sort when the
-    table is small next to the number of lookups (a bincount of the rows, O(table rows))."""
+    """The distinct rows of a sparse gradient with one sparse dimension (an embedding table's),
+    ascending, int64 (R,), and their summed gradients, (R, *row shape) in the gradient's dtype:
+    `grad.coalesce()`'s indices and values, without its sort when the table is small next to
+    the number of lookups (a bincount of the rows, O(table rows))."""
     if grad.sparse_dim() != 1:
         raise RuntimeError(f"LazyAdam takes gradients of embedding tables (one sparse dimension), "
                            f"not {grad.sparse_dim()}")
@@ -38,9 +39,10 @@ class LazyAdam(torch.optim.SparseAdam):
     """torch.optim.SparseAdam's update, state and checkpoints, computed with row gathers and
     scatters of the drawn rows instead of sparse-tensor arithmetic (coalesce, `sparse_mask`,
     dense += sparse), which cost most of a sparse training step at Netflix size on the CPU
-    (bench/RESULTS.md). The same formulas in the same order, so the same numbers up to the order
-    in which a row drawn several times in a batch has its gradients summed (first, as
-    SparseAdam's coalesce does)."""
+    (bench/RESULTS.md). The same formulas in the same order; only the gradients of a row drawn
+    several times in a batch are summed in another order than coalesce sums them, which can
+    change the last bit. On CUDA that sum (`index_add_`) uses atomics, so it is bit-reproducible
+    only with `trainer.deterministic=true`. Tables only: gradients with one sparse dimension."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -82,11 +84,11 @@ class LazyAdam(torch.optim.SparseAdam):
 
 class SparseRowsAdam(torch.optim.Optimizer):
     """`LazyAdam` (torch.optim.SparseAdam's update) for `sparse_params` and torch.optim.Adam for
-    the other `params`,
-    as one optimizer with one param group, so Lightning's automatic optimisation, checkpoints,
-    LR schedulers and the LR monitor treat it like any other: the group's learning rate, betas
-    and eps are handed to both before each step. Keyword arguments as torch.optim.Adam's; `fused` applies
-    to the dense part; there is no weight decay (use `model.l2`: L2 on the rows a batch draws)."""
+    the other `params`, as one optimizer with one param group, so Lightning's automatic
+    optimisation, checkpoints, LR schedulers and the LR monitor treat it like any other: the
+    group's learning rate, betas and eps are handed to both before each step. Keyword arguments
+    as torch.optim.Adam's; `fused` applies to the dense part; there is no weight decay (use
+    `model.l2`: L2 on the rows a batch draws)."""
 
     def __init__(self, params: Iterable[Tensor], sparse_params: Iterable[Tensor], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
