@@ -16,6 +16,14 @@ import torch
 from torch import Tensor
 
 
+def _closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """What an optimizer step's `closure` returns, evaluated with gradients on; None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def _summed_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
     """The distinct rows of a sparse gradient with one sparse dimension (an embedding table's),
     ascending, int64 (R,), and their summed gradients, (R, *row shape) in the gradient's dtype:
@@ -46,10 +54,7 @@ class LazyAdam(torch.optim.SparseAdam):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps = float(group["lr"]), group["eps"]
@@ -123,10 +128,7 @@ class SparseRowsAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         group = self.param_groups[0]  # schedulers may change lr and betas
         for part in self.parts:
             for part_group in part.param_groups:
