@@ -301,6 +301,7 @@ class RatingsDataModule(pl.LightningDataModule):
             where = "in training" if self.all_keys is None else "(data.negatives_exclude=all)"
             raise ConfigError(f"a user rated all {I} movies {where}: no training negatives can be sampled")
         test_rows, val_rows = torch.from_numpy(sp.test_rows), torch.from_numpy(sp.val_rows)
+        self.split_stats = sp.stats
         # a user needs num_test_negatives movies they never rated; heavy raters short of that
         # are left out of evaluation (counted and logged) rather than given repeated candidates
         unseen = I - torch.bincount(users, minlength=U)[users[test_rows]]
@@ -314,17 +315,16 @@ class RatingsDataModule(pl.LightningDataModule):
                         "they are trained on but not evaluated", int((~enough).sum()), I,
                         self.num_test_negatives)
             test_rows, val_rows = test_rows[enough], val_rows[enough]
-        sp.stats["users_excluded_too_few_unseen"] = int((~enough).sum())
+        self.split_stats["users_excluded_too_few_unseen"] = int((~enough).sum())
         self.eval_users = users[test_rows]
         test_positives, val_positives = items[test_rows], items[val_rows]
         # the per-rating tensors are done with: freed before the candidates
         # (the peak of preparing 100M ratings went from 10.8 to 9.2 GB)
-        del users, items, order, in_train, avoided, train
-        sp.train_rows = sp.train_rows[:0]
+        del users, items, order, in_train, avoided, train, sp
         gen = torch.Generator().manual_seed(derive_seed(self.seed, 2))
         if self.split == "ncf":  # the authors' candidates, from their .test.negative file
             self.test_items = self._ncf_candidates(self.eval_users, test_positives, seen_keys)
-            sp.stats["ncf_candidates_replaced"] = self.ncf_candidates_replaced
+            self.split_stats["ncf_candidates_replaced"] = self.ncf_candidates_replaced
         else:
             self.test_items = sample_candidates(self.eval_users, test_positives, seen_keys, I,
                                                 self.num_test_negatives, gen)
@@ -336,7 +336,6 @@ class RatingsDataModule(pl.LightningDataModule):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, 5)))
             self.full_rank_mask = torch.zeros(n, dtype=torch.bool)
             self.full_rank_mask[order[:self.full_ranking_users]] = True
-        self.split_stats = sp.stats
         self.prepare_seconds = time.perf_counter() - t0
         log.info("data %s: %d ratings, %d users, %d items; %d training positives, %d users evaluated "
                  "(1 + %d candidates each); prepared in %.1f s", self.name, len(table), U, I,
