@@ -303,3 +303,45 @@ def test_step_loss_is_written_every_n_steps_with_that_steps_loss_and_epoch_mean(
     want = sum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes)
     assert epoch == pytest.approx([want], rel=1e-5)
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(want, rel=1e-5)
+
+
+PLATEAU = "model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true,mode:%s,factor:0.5,patience:0}"
+
+
+def test_plateau_scheduler_halves_the_lr_after_each_epoch_without_a_better_val_hr(make_cfg):
+    """model.scheduler=ReduceLROnPlateau (Lightning refuses one without a monitor) watches
+    val/hr@10: with patience 0 the learning rate halves after every epoch whose validation
+    HR@10 does not beat the best so far, and only then."""
+    import pytorch_lightning as pl
+
+    from flixrec.errors import ConfigError
+    from flixrec.run import build_trainer
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.val, self.lr = [], []
+
+        def on_train_epoch_start(self, trainer, module):
+            self.lr.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+        def on_train_epoch_end(self, trainer, module):  # after the epoch's validation
+            self.val.append(float(trainer.callback_metrics["val/hr@10"]))
+
+    cfg = make_cfg(["model=gmf", "model.optimizer.lr=0.05", "trainer.max_epochs=8", "test=false",
+                    PLATEAU % "max"])
+    trainer, record = build_trainer(cfg), Record()
+    trainer.callbacks.append(record)
+    dm, model = build(cfg)
+    trainer.fit(model, datamodule=dm)
+    assert len(record.val) == 8 and len(record.lr) == 8
+    expected, best = [0.05], -1.0
+    for hr in record.val[:-1]:
+        expected.append(expected[-1] if hr > best else expected[-1] * 0.5)
+        best = max(best, hr)
+    assert record.lr == pytest.approx(expected)
+    assert min(record.lr) < 0.05   # the run did reach a plateau, so the check above bites
+    assert trainer.lr_scheduler_configs[0].scheduler.best == pytest.approx(max(record.val), abs=1e-6)
+
+    with pytest.raises(ConfigError, match="mode: max"):
+        model_min = build(make_cfg([PLATEAU % "min"], run="min"))[1]
+        model_min.configure_optimizers()

@@ -16,6 +16,9 @@ from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy,
 from flixrec.errors import ConfigError
 from flixrec.metrics import RankingMetrics, full_positive_rank
 
+# what a ReduceLROnPlateau scheduler watches: the validation figure that also picks the checkpoint
+PLATEAU_MONITOR = "val/hr@10"
+
 # a net without trainable parameters (pop) runs with no optimizer on purpose
 warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`.*")
 
@@ -102,7 +105,9 @@ class RecModule(pl.LightningModule):
             `regularization(users, items) -> Tensor`, a penalty on the rows a batch touches.
         optimizer: partial taking `params`, e.g. `partial(torch.optim.Adam, lr=1e-3)`; None
             only for a net without trainable parameters (pop), which then trains trivially.
-        scheduler: optional partial taking `optimizer`, stepped once per epoch.
+        scheduler: optional partial taking `optimizer`, stepped once per epoch. A
+            `ReduceLROnPlateau` watches `val/hr@10` (the checkpoint's monitor), so it needs
+            `mode: max`.
         name: model name reported in metrics.json.
         ks: cut-offs for HR@k and NDCG@k.
         l2: weight of the net's `regularization` term in the training loss (0: none).
@@ -269,8 +274,14 @@ class RecModule(pl.LightningModule):
             opt = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt),
-                                                   "interval": "epoch"}}
+        scheduler = self.scheduler_factory(optimizer=opt)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if scheduler.mode != "max":
+                raise ConfigError(f"model.scheduler: ReduceLROnPlateau watches {PLATEAU_MONITOR}, which "
+                                  f"rises as the model improves; set its mode: max (got {scheduler.mode!r})")
+            config["monitor"] = PLATEAU_MONITOR
+        return {"optimizer": opt, "lr_scheduler": config}
 
     def _sparse_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
         """The configured optimizer for embedding tables with sparse gradients: Adam's settings
