@@ -405,6 +405,11 @@ IMPOSSIBLE = [  # overrides -> what the message says; {tmp}: the test's temporar
     (["data=netflix", "data.root={tmp}/empty"], ["no Netflix rating files", "combined_data_1.txt"]),
     (["data=ml-100k", "data.root={tmp}/empty"], ["{tmp}/empty", "u.data"]),
     (["+model.net.dimm=3"], ["could not build", "unexpected keyword argument 'dimm'"]),
+    (["data.min_ratings=1"], ["data.min_ratings=1", "a test and a validation rating"]),
+    (["data.split=temporal", "data.min_ratings=0"], ["data.min_ratings=0", "at least 1"]),
+    (["train=false"], ["train=false test=true needs ckpt_path", "untrained"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing"]),
+    (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
 ]
 
 
@@ -520,6 +525,39 @@ def test_resume_with_ema_weights_matches_an_uninterrupted_run(make_cfg):
     """Resuming restores both the raw weights and their moving average (callbacks=ema)."""
     ema = ["model=gmf", "callbacks=ema", "callbacks.ema.decay=0.9", "trainer.deterministic=true"]
     assert_same_run(*interrupted_and_straight(make_cfg, ema, "ema"))
+
+
+def test_resume_with_another_seed_data_or_model_is_refused_with_the_command_that_resumes(make_cfg, capsys):
+    """The seed draws the split and the candidates, so a resumed run on another seed would
+    carry over a best score of another test; other data or sizes would not even load."""
+    first = make_cfg(["model=gmf", "seed=3", "trainer.max_epochs=1"], run="first")
+    train(first)
+    run = Path(first.paths.output_dir)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model=gmf\n- seed=3\n- hydra.run.dir=x\n")
+    last = run / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(["model=gmf", "seed=4", "model.net.dim=8", "trainer.max_epochs=2", f"ckpt_path={last}"],
+                   run="other")
+    err = expect_user_error(train, cfg, capsys)
+    assert "seed: 3 in the checkpoint, 4 now" in err
+    assert "model.net.dim: 32 in the checkpoint, 8 now" in err
+    assert f"python train.py model=gmf seed=3 ckpt_path={last}" in err   # hydra.* dropped
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    # how it runs may change (and max_epochs may grow): this resumes
+    ok = make_cfg(["model=gmf", "seed=3", "trainer.max_epochs=2", "model.full_ranking=false",
+                   "data.eval_batch_size=64", f"ckpt_path={last}"], run="same")
+    assert train(ok) is not None
+
+
+def test_repeated_user_movie_pairs_stop_the_run_naming_the_file_pair_and_dates(tmp_path, make_cfg, capsys):
+    rows = [(u, i, 880000000 + 1000 * i) for u in (1, 2, 3) for i in range(1, 9)]
+    rows += [(2, 5, 890000000), (3, 7, 880007000), (3, 7, 881000000)]  # 2 pairs repeat, one 3 times
+    (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in rows))
+    cfg = make_cfg(["data=ml-100k", f"data.root={tmp_path}", "data.num_test_negatives=3", "model.ks=[1,2]"])
+    err = expect_user_error(train, cfg, capsys)
+    assert f"{tmp_path / 'u.data'}: customer 2 rated movie 5 2 times (1997-11-20 05:50:00, 1998-03-15 22:13:20)" in err
+    assert "; 2 (customer, movie) pair(s) repeat" in err
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
 def test_fused_optimizer_with_fp16_gradient_clipping_is_refused(make_cfg):

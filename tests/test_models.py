@@ -420,6 +420,10 @@ def test_neumf_pretrained_trains_and_evaluates_without_its_sources(make_cfg, pre
             v.rename(pretrained[k])
     e = read_metrics(eval_cfg)
     assert e["test"] == m["test"] and e["test_full"] == m["test_full"]
+    # it resumes with the command it was trained with (the stored architecture is not compared)
+    resumed = neumf_cfg(make_cfg, pretrained, "trainer.max_epochs=3",
+                        f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", run="resume-pre")
+    assert train(resumed) is not None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -734,5 +738,5 @@ def test_sparse_embeddings_train_checkpoint_evaluate_and_resume(model, make_cfg)
     # a checkpoint resumes only with the setting it was trained with
     switched = make_cfg([f"model={model}", "trainer.max_epochs=4",
                          f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run=f"switched-{model}")
-    with pytest.raises(ConfigError, match="model.sparse_embeddings=true"):
+    with pytest.raises(ConfigError, match="model.sparse_embeddings: True in the checkpoint, False now"):
         train(switched)

@@ -99,6 +99,8 @@ def test_titles_are_optional(tmp_path: Path) -> None:
     (ML100KReader, "u.data", "1\t2\t3\t4\n1\t3\t3.5\t5\n", 2, "rating outside 1..5"),
     (ML100KReader, "u.data", "1\t2\t3\t4\n1\t3\t3\t5\t9\n", 2, "5 fields"),
     (ML100KReader, "u.data", "1\t2\t3\t4\n-1\t3\t3\t5\n", 2, "id"),
+    (ML100KReader, "u.data", "1\t2\t3\t4\n1\t3\t3\t8812509490000000000000\n", 2, "before the year 3000"),
+    (ML100KReader, "u.data", "1\t2\t3\t4\n1\t9007199254740993\t3\t5\n", 2, "2**53"),
     (ML1MReader, "ratings.dat", "1::2::3::4\n1:2::3::4\n", 2, "missing"),
     (ML1MReader, "ratings.dat", "1::2::3::4\n\n1::2::3:4:5\n", 3, "single ':'"),
     (MLLatestSmallReader, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.0,4\n1,2,5.5,4\n", 3, "0.5"),

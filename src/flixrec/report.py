@@ -45,9 +45,33 @@ def collect_runs(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds"}
+# what a run's figures measure (run.PROTOCOL): a difference here makes another test, so it
+# labels the data, not the model, and such runs are never averaged together (nor their oracles)
+PROTOCOL = ("split", "subset", "num_test_negatives", "min_ratings", "temporal_fraction")
+NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds", *PROTOCOL}
 # settings added to the logged hparams later, with the value older runs (which lack them) had
 DEFAULT_SETTINGS = {"loss": "bce", "l2": 0.0, "negatives_exclude": "train", "full_ranking_users": "all"}
+
+
+def _as_text(values: pd.DataFrame) -> pd.DataFrame:
+    """Settings as strings for grouping and labels: "unset" where a run did not record one,
+    whole numbers as such (a column with a missing value turns 4 into 4.0)."""
+    return values.astype(object).where(values.notna(), "unset").apply(lambda col: col.map(
+        lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)))
+
+
+def protocol_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run, its data name, followed by the protocol settings (`PROTOCOL`) that tell it
+    apart from other runs on the same data, e.g. "tiny (split=temporal)"."""
+    present = [c for c in PROTOCOL if c in runs.columns]
+    labels = runs["data"].astype(str)
+    for _, group in runs.groupby("data", sort=False):
+        values = _as_text(group[present])
+        varying = [c for c in present if values[c].nunique() > 1]
+        if varying:
+            labels.loc[group.index] = group["data"].astype(str) + " (" + values[varying].apply(
+                lambda col: col.name + "=" + col).agg(", ".join, axis=1) + ")"
+    return labels
 
 
 def setting_labels(runs: pd.DataFrame) -> pd.Series:
@@ -60,11 +84,8 @@ def setting_labels(runs: pd.DataFrame) -> pd.Series:
     labels = runs["model"].astype(str)
     for _, group in runs.groupby(["data", "model"], sort=False):
         # a setting an older run did not record takes the value it had then, if known, or "unset"
-        values = group[settings].astype(object).fillna(
-            {c: DEFAULT_SETTINGS[c] for c in settings if c in DEFAULT_SETTINGS})
-        # whole numbers read as such (a column with a missing value turns 4 into 4.0)
-        values = values.where(values.notna(), "unset").apply(lambda col: col.map(
-            lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)))
+        values = _as_text(group[settings].astype(object).fillna(
+            {c: DEFAULT_SETTINGS[c] for c in settings if c in DEFAULT_SETTINGS}))
         seeds = group["seed"].astype(str)
         n_seeds = seeds.nunique()
 
@@ -82,9 +103,12 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count of the test metrics per (data, model setting); on
     synthetic data also a row `oracle` (ranking by the generator's true scores, once per seed).
     Runs of one model that differ in a setting besides the seed (a sweep over `model.loss` or
-    the learning rate) get a row each, labelled with that setting (`setting_labels`)."""
+    the learning rate) get a row each, labelled with that setting (`setting_labels`); runs on
+    the same data under another protocol (`PROTOCOL`, e.g. data.split) are another data set
+    (`protocol_labels`), with an oracle row of its own."""
     cols = [c for c in runs.columns if c.startswith(("test/", "test_full/")) and
             c.split("/")[1] in METRICS]
+    runs = runs.assign(data=protocol_labels(runs))
     runs = runs.assign(model=setting_labels(runs))
     oracle = [c for c in runs.columns if c.startswith("oracle_")]
     if oracle:
@@ -146,6 +170,7 @@ def compare(root: str | Path, out_dir: str | Path) -> pd.DataFrame:
     if not root.is_dir():
         raise ConfigError(f"compare={root}: no such directory")
     runs = collect_runs(root)
+    runs["data"] = protocol_labels(runs)
     summary = summarise(runs)
     runs.to_csv(out_dir / "comparison.csv", index=False)
     md = ["# Run comparison", "", f"Runs below `{root}`: {len(runs)}.", "",

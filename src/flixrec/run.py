@@ -68,6 +68,79 @@ def check_trainer(cfg: DictConfig) -> None:
                           "model.optimizer.fused=false, or use trainer.precision=bf16-mixed (no scaling)")
 
 
+def check_run(cfg: DictConfig) -> None:
+    """Fail before any work on a train.py command that cannot give what metrics.json claims:
+    a test of weights nothing trained, a seed torch cannot take, or a resumed run whose
+    checkpoint was trained on other data, model or seed (`check_resume`)."""
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed={seed!r}: use a whole number from 0 to {2 ** 32 - 1}")
+    if cfg.test and not cfg.ckpt_path:
+        if not cfg.train:
+            raise ConfigError("train=false test=true needs ckpt_path=RUN/checkpoints/best.ckpt: without "
+                              "one it would test untrained weights (or use evaluate.py ckpt_path=...)")
+        if cfg.trainer.get("max_epochs") == 0:
+            raise ConfigError("trainer.max_epochs=0 trains nothing, so the test would score untrained "
+                              "weights; train at least one epoch, or set test=false")
+    if cfg.train and cfg.ckpt_path:
+        check_resume(cfg)
+
+
+# what a resumed run may set anew: how it runs, not what it trains on or what it trains
+# (trainer, logger, callbacks and paths are not compared at all; max_epochs may grow)
+RESUME_MAY_CHANGE = ("data.cache_dir", "data.eval_batch_size", "data.batches_on_device",
+                     "data.full_ranking_users", "model.compile", "model.full_ranking",
+                     "model.full_ranking_cells")
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """Refuse to resume `cfg.ckpt_path` with another seed, data or model than its run had (a
+    different seed alone changes the split and the candidates, so the carried-over best score
+    would be of another test); the error lists the differences and the command that resumes."""
+    import shlex
+
+    path = Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    stored = ckpt.get("flixrec_config")
+    if not stored:
+        raise ConfigError(f"{path} holds no flixrec run configuration; was it written by train.py?")
+    if "flixrec_built_from" in ckpt:  # neumf_pretrained stores the plain NeuMF it became
+        stored = {**stored, "model": {**stored["model"], "net": ckpt["flixrec_built_from"]}}
+    now = OmegaConf.to_container(cfg, resolve=True)
+    before, after = ({**_flat(c.get("data"), "data"), **_flat(c.get("model"), "model"), "seed": c.get("seed")}
+                     for c in (stored, now))
+    missing = object()
+    differ = [k for k in sorted(set(before) | set(after)) if k not in RESUME_MAY_CHANGE
+              and before.get(k, missing) != after.get(k, missing)]
+    if not differ:
+        return
+
+    def show(v: Any) -> str:
+        return "(unset)" if v is missing else str(v) if len(str(v)) <= 60 else str(v)[:57] + "..."
+
+    lines = [f"  {k}: {show(before.get(k, missing))} in the checkpoint, {show(after.get(k, missing))} now"
+             for k in differ[:8]] + ([f"  ... and {len(differ) - 8} more"] if len(differ) > 8 else [])
+    hint = ""
+    overrides = path.resolve().parent.parent / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        words = [o for o in OmegaConf.load(overrides) if not str(o).startswith(("ckpt_path=", "hydra."))]
+        hint = "\nResume it with the overrides its run was started with:\n  python train.py " + \
+            " ".join(shlex.quote(str(o)) for o in [*words, f"ckpt_path={cfg.ckpt_path}"])
+    raise ConfigError(f"ckpt_path={path} was trained with other settings than this command's, and a "
+                      f"resumed run must keep them:\n" + "\n".join(lines) + hint)
+
+
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
     """The Lightning Trainer of `cfg.trainer`, with the configured callbacks and loggers."""
     from hydra.utils import instantiate
@@ -126,12 +199,47 @@ def key_hparams(cfg: DictConfig) -> dict[str, Any]:
            for k, v in OmegaConf.to_container(cfg.model.net, resolve=True).items()
            if not k.startswith("_")}
     opt = cfg.model.optimizer or {}  # null for a model with nothing to train (pop)
-    return {"optimizer": str(opt.get("_target_", "none")).rsplit(".", 1)[-1], "lr": opt.get("lr"),
+    scheduler = cfg.model.get("scheduler")
+    return {**protocol_hparams(cfg),
+            "optimizer": str(opt.get("_target_", "none")).rsplit(".", 1)[-1], "lr": opt.get("lr"),
+            "scheduler": _short(scheduler) if scheduler else "none",
             "batch_size": cfg.data.batch_size, "num_negatives": cfg.data.num_negatives,
             "negatives_exclude": cfg.data.get("negatives_exclude", "train"),
+            "recency_half_life": cfg.data.get("recency_half_life") or "none",
             "full_ranking_users": cfg.data.get("full_ranking_users") or "all",
             "max_epochs": cfg.trainer.max_epochs, "precision": str(cfg.trainer.precision),
+            "callbacks": ",".join(sorted(k for k, v in (cfg.get("callbacks") or {}).items()
+                                         if v is not None and k not in _ALWAYS_CALLBACKS)) or "default",
             "loss": cfg.model.get("loss", "bce"), "l2": cfg.model.get("l2", 0.0), **net}
+
+
+# callbacks every run has (or that change nothing measured); the others (ema, early stopping)
+# change which weights are tested, so a comparison names them
+_ALWAYS_CALLBACKS = {"model_checkpoint", "lr_monitor", "progress_bar"}
+
+
+def protocol_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that define what a run's figures measure (the evaluation protocol): runs
+    that differ in one scored different tests, which `report.compare` never averages together
+    (`report.PROTOCOL` lists these keys)."""
+    from hydra.utils import instantiate
+
+    data = cfg.data
+    subset = data.get("subset")
+    split = data.get("split", "leave_one_out")
+    return {"split": split, "subset": str(instantiate(subset)) if subset else "full",
+            "num_test_negatives": data.get("num_test_negatives", 100),
+            "min_ratings": data.get("min_ratings", 3),
+            # the fraction only shapes the temporal split
+            "temporal_fraction": data.get("temporal_fraction") if split == "temporal" else "n/a"}
+
+
+def _short(node: Any) -> str:
+    """A config node as one short line: `Class(key=value, ...)` for an instantiable one."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return str(node)
+    args = ", ".join(f"{k}={v}" for k, v in node.items() if not str(k).startswith("_"))
+    return f"{str(node._target_).rsplit('.', 1)[-1]}({args})"
 
 
 def popularity_baseline(dm, ks) -> dict:
@@ -197,6 +305,7 @@ def train(cfg: DictConfig) -> float | None:
 
     out_dir = Path(cfg.paths.output_dir)
     check_trainer(cfg)
+    check_run(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     dm, model = build(cfg)

@@ -222,6 +222,10 @@ class RatingsDataModule(pl.LightningDataModule):
         if negatives_exclude not in ("train", "all"):
             raise ConfigError(f"data.negatives_exclude={negatives_exclude!r}: choose train (movies "
                               f"rated in training) or all (every rated movie; leaks held-out ones)")
+        if min_ratings < (2 if split == "leave_one_out" else 1):
+            raise ConfigError(f"data.min_ratings={min_ratings}: data.split={split} needs at least "
+                              f"{2 if split == 'leave_one_out' else 1} rating(s) per evaluated user"
+                              f"{' (a test and a validation rating)' if split == 'leave_one_out' else ''}")
         if full_ranking_users is not None and full_ranking_users < 1:
             raise ConfigError(f"data.full_ranking_users={full_ranking_users}: rank at least 1 user, "
                               f"or null for all of them")
@@ -247,6 +251,26 @@ class RatingsDataModule(pl.LightningDataModule):
         self._generated = False  # synthetic data whose true preferences are known (true_scores)
         self._neg_state: tuple | None = None
         self._unrated: tuple[Tensor, UnratedItems] | None = None  # (keys it indexes, sampler)
+
+    def _repeated_pairs_error(self, table: Ratings, seen_keys: Tensor, order: Tensor) -> DataError:
+        """The error for (user, movie) pairs rated more than once: the split would test the
+        latest copy while an earlier one trains, so the run stops. Names the source file(s),
+        the first such pair by its original ids and dates, and how many pairs repeat."""
+        repeat = seen_keys[1:] == seen_keys[:-1]
+        first = int(torch.nonzero(repeat)[0])
+        rows = order[seen_keys == seen_keys[first]].numpy()  # every copy of the first such pair
+        user, item = int(table.users[rows[0]]), int(table.items[rows[0]])
+        when = ", ".join(str(np.datetime64(int(t), "D" if table.time_unit == "day" else "s")).replace("T", " ")
+                         for t in np.sort(table.times[rows]))
+        files = self.reader.files(Path(self.root))
+        where = files[0] if len(files) == 1 else f"{self.root} ({len(files)} rating files)"
+        # one pair per run of equal sorted keys: count where a run of repeats starts
+        pairs = int(repeat[0]) + int((repeat[1:] & ~repeat[:-1]).sum())
+        return DataError(where, f"customer {table.user_ids[user]} rated movie {table.item_ids[item]} "
+                                f"{len(rows)} times ({when}); {pairs} (customer, movie) pair(s) repeat. "
+                                f"Each pair must appear once: the split would test a rating's latest "
+                                f"copy while an earlier copy trains. Keep one rating per pair (e.g. "
+                                f"the latest) and run again")
 
     # -- Lightning hooks --------------------------------------------------------------------
 
@@ -287,6 +311,8 @@ class RatingsDataModule(pl.LightningDataModule):
         # every rating's pair key, sorted once; the training keys are the sorted keys of the
         # training rows (one sort of R keys instead of two: 4 s saved at 100M ratings)
         seen_keys, order = torch.sort(users * I + items)
+        if (seen_keys[1:] == seen_keys[:-1]).any():
+            raise self._repeated_pairs_error(table, seen_keys, order)
         in_train = torch.zeros(len(users), dtype=torch.bool)
         in_train[train] = True
         self.train_keys = seen_keys[in_train[order]]

@@ -25,6 +25,8 @@ from flixrec.errors import DataError
 log = logging.getLogger(__name__)
 
 _YEAR_SUFFIX = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+_MAX_ID = 2 ** 53            # ids are read as float64, exact below this
+_MAX_SECONDS = 32503680000   # 3000-01-01: a later timestamp is a typo (and would overflow keys)
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,12 @@ def _read_ratings(path: Path, layout: _Layout,
     checks = [
         (np.isnan(users) | np.isnan(items) | np.isnan(ratings) | np.isnan(times),
          "a missing or non-numeric field"),
-        ((users < 0) | (items < 0) | (users % 1 != 0) | (items % 1 != 0),
-         "an id that is not a whole number >= 0"),
+        ((users < 0) | (items < 0) | (users % 1 != 0) | (items % 1 != 0) | (users >= _MAX_ID) | (items >= _MAX_ID),
+         "an id that is not a whole number from 0 to 2**53 - 1"),
         ((ratings < lo) | (ratings > 5) | (ratings * (2 if layout.half_stars else 1) % 1 != 0),
          f"a rating outside {'0.5, 1.0, ..., 5.0' if layout.half_stars else '1..5'}"),
-        ((times < 0) | (times % 1 != 0), "a timestamp that is not whole seconds >= 0"),
+        ((times < 0) | (times % 1 != 0) | (times >= _MAX_SECONDS),
+         "a timestamp that is not whole seconds from 0 (1970) to before the year 3000"),
     ] + [(df[p].notna().to_numpy(), "a single ':' separator") for p in layout.empty]
     bad = np.zeros(len(df), bool)
     for mask, _ in checks:

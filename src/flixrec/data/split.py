@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flixrec.errors import FlixrecError
+
 log = logging.getLogger(__name__)
 
 _TIE_BITS = 12
@@ -68,7 +70,9 @@ def recency_key(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_ite
     t0 = int(times.min(initial=0))
     time_bits = max((int(times.max(initial=t0)) - t0).bit_length(), 1)
     if time_bits + _TIE_BITS + item_bits > 62:
-        raise ValueError("time range and item count too large for a 63-bit recency key")
+        raise FlixrecError(f"the ratings' dates span {time_bits} bits of time units and the movies "
+                           f"{item_bits} bits of ids, more than the 62 - {_TIE_BITS} bits of a recency key "
+                           f"(e.g. a timestamp far from the others); check the dates")
     pair = users.astype(np.uint64)
     pair *= np.uint64(num_items)
     np.add(pair, items, out=pair, dtype=np.uint64, casting="unsafe")  # items are >= 0
@@ -104,6 +108,8 @@ def leave_one_out(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_u
     Users with fewer than `min_ratings` ratings keep all of them in training and are not
     evaluated. Deterministic for a seed; same-day ties use the seeded rule of `recency_key`.
     """
+    if min_ratings < 2:
+        raise ValueError(f"min_ratings={min_ratings}: an evaluated user needs a test and a validation rating")
     u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
     key = torch.from_numpy(recency_key(users, items, times, num_items, seed))
     counts = torch.bincount(u, minlength=num_users)
