@@ -169,10 +169,16 @@ class MLP(PairNet):
             p, q = _rows(self.user_emb, users), _rows(self.item_emb, items)
             return torch.cat([p[:, None, :].expand(-1, q.shape[1], -1), q.expand(len(p), -1, -1)], -1)
         x = _split_linear(self.tower[0], users, items, self.user_emb, self.item_emb)
-        for layer in self.tower[1:]:
-            # ReLU in place: the (B, m, width) activations are the bulk of the memory traffic
+        pairs = x.shape[:-1]
+        # the later layers run on (pairs, width) matrices, so each dense output is a tensor of
+        # its own rather than a view of one: an in-place ReLU on a view makes autograd copy the
+        # activations back and forth in the backward (three copies per layer)
+        x = x.relu_() if isinstance(self.tower[1], nn.ReLU) else self.tower[1](x)
+        x = x.flatten(0, -2)
+        for layer in self.tower[2:]:
+            # ReLU in place: the (pairs, width) activations are the bulk of the memory traffic
             x = x.relu_() if isinstance(layer, nn.ReLU) else layer(x)
-        return x
+        return x.view(*pairs, x.shape[-1])
 
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         return fp32_output(self.output, self.features(users, items))
