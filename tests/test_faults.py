@@ -534,19 +534,38 @@ def test_resume_with_another_seed_data_or_model_is_refused_with_the_command_that
     train(first)
     run = Path(first.paths.output_dir)
     (run / ".hydra").mkdir()
-    (run / ".hydra" / "overrides.yaml").write_text("- model=gmf\n- seed=3\n- hydra.run.dir=x\n")
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- model=gmf\n- seed=3\n- data.root=${paths.data_dir}/tiny\n- hydra.run.dir=x\n")
     last = run / "checkpoints" / "last.ckpt"
-    cfg = make_cfg(["model=gmf", "seed=4", "model.net.dim=8", "trainer.max_epochs=2", f"ckpt_path={last}"],
-                   run="other")
+    cfg = make_cfg(["model=gmf", "seed=4", "model.net.dim=8", "data.num_negatives=2", "trainer.max_epochs=2",
+                    f"ckpt_path={last}"], run="other")
     err = expect_user_error(train, cfg, capsys)
     assert "seed: 3 in the checkpoint, 4 now" in err
     assert "model.net.dim: 32 in the checkpoint, 8 now" in err
-    assert f"python train.py model=gmf seed=3 ckpt_path={last}" in err   # hydra.* dropped
+    assert "data.num_negatives: 4 in the checkpoint, 2 now" in err
+    # the run's own overrides as typed (interpolations unresolved), hydra.* dropped
+    assert f"python train.py model=gmf seed=3 'data.root=${{paths.data_dir}}/tiny' ckpt_path={last}" in err
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
-    # how it runs may change (and max_epochs may grow): this resumes
+    # testing it with train=false is held to the same settings, and evaluate.py is suggested
+    tested = make_cfg(["model=gmf", "seed=4", "train=false", f"ckpt_path={last}"], run="tested")
+    err = expect_user_error(train, tested, capsys)
+    assert "seed: 3 in the checkpoint, 4 now" in err and f"python evaluate.py ckpt_path={last}" in err
+    # how it runs and where the data lives may change (and max_epochs may grow): this resumes
     ok = make_cfg(["model=gmf", "seed=3", "trainer.max_epochs=2", "model.full_ranking=false",
-                   "data.eval_batch_size=64", f"ckpt_path={last}"], run="same")
+                   "data.eval_batch_size=64", f"data.root={Path(first.data.root).parent}/../{Path(first.data.root).parent.name}/tiny",
+                   f"ckpt_path={last}"], run="same")
     assert train(ok) is not None
+
+
+def test_resume_from_a_checkpoint_that_predates_a_setting(make_cfg):
+    """A checkpoint written before a config key existed resumes: the key is not compared."""
+    first = make_cfg(["model=gmf", "trainer.max_epochs=1"], run="old")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    del ckpt["flixrec_config"]["model"]["sparse_embeddings"], ckpt["flixrec_config"]["data"]["min_ratings"]
+    torch.save(ckpt, last)
+    assert train(make_cfg(["model=gmf", "trainer.max_epochs=2", f"ckpt_path={last}"], run="resumed")) is not None
 
 
 def test_repeated_user_movie_pairs_stop_the_run_naming_the_file_pair_and_dates(tmp_path, make_cfg, capsys):

@@ -164,20 +164,25 @@ def test_comparison_has_an_oracle_row_per_synthetic_data_set():
     assert summary.loc[("b", "oracle"), "runs"] == 1
 
 
-def test_comparison_never_averages_runs_of_another_protocol_and_gives_each_its_oracle():
+def test_comparison_never_averages_runs_of_another_protocol_and_gives_each_its_oracle(make_cfg):
     from flixrec.report import summarise
+    from flixrec.run import key_hparams
 
-    runs = pd.DataFrame([
-        {"data": "d", "model": "neumf", "seed": 1, "split": split, "num_test_negatives": 100,
-         "test/hr@10": hr, "oracle_test/hr@10": oracle}
-        for split, hr, oracle in [("leave_one_out", 0.7, 0.8), ("temporal", 0.3, 0.5)]
-    ] + [{"data": "e", "model": "neumf", "seed": s, "split": "leave_one_out", "num_test_negatives": 100,
-          "test/hr@10": 0.5} for s in (1, 2)])   # one protocol: the data keeps its bare name
+    def run(data, seed, hr, oracle=None, *overrides):  # a row as collect_runs reads a metrics.json
+        return {"data": data, "model": "neumf", "seed": seed, **key_hparams(make_cfg(list(overrides))),
+                "test/hr@10": hr, **({"oracle_test/hr@10": oracle} if oracle else {})}
+
+    runs = pd.DataFrame([run("d", 1, 0.7, 0.8), run("d", 1, 0.3, 0.5, "data.split=temporal"),
+                         run("d", 1, 0.2, 0.4, "data.split=temporal", "data.temporal_fraction=0.5"),
+                         run("e", 1, 0.5), run("e", 2, 0.6)])   # one protocol: the bare data name
     summary = summarise(runs).set_index(["data", "model"])
-    assert summary.loc[("d (split=leave_one_out)", "neumf"), "test/hr@10 mean"] == 0.7
-    assert summary.loc[("d (split=temporal)", "neumf"), "test/hr@10 mean"] == 0.3
+    assert set(summary.index) == {("d (split=leave_one_out)", "neumf"), ("d (split=leave_one_out)", "oracle"),
+                                  ("d (split=temporal(0.8))", "neumf"), ("d (split=temporal(0.8))", "oracle"),
+                                  ("d (split=temporal(0.5))", "neumf"), ("d (split=temporal(0.5))", "oracle"),
+                                  ("e", "neumf")}
+    assert summary.loc[("d (split=temporal(0.8))", "neumf"), "test/hr@10 mean"] == 0.3
+    assert summary.loc[("d (split=temporal(0.8))", "oracle"), "test/hr@10 mean"] == 0.5
     assert summary.loc[("d (split=leave_one_out)", "oracle"), "test/hr@10 mean"] == 0.8
-    assert summary.loc[("d (split=temporal)", "oracle"), "test/hr@10 mean"] == 0.5
     assert summary.loc[("e", "neumf"), "runs"] == 2
 
 
@@ -187,12 +192,12 @@ def test_run_hparams_name_the_protocol_schedule_and_callbacks(make_cfg):
     h = key_hparams(make_cfg(["data=ml-100k", "data/subset=kcore", "data.split=temporal",
                               "callbacks=[ema,early_stopping]",
                               "model.scheduler={_target_:torch.optim.lr_scheduler.ExponentialLR,gamma:0.9}"]))
-    assert h["split"] == "temporal" and h["temporal_fraction"] == 0.8
+    assert h["split"] == "temporal(0.8)"
     assert h["subset"] == "kcore(min_user_ratings=5, min_item_ratings=5, min_rating=None)"
     assert h["num_test_negatives"] == 100 and h["min_ratings"] == 3
     assert h["scheduler"] == "ExponentialLR(gamma=0.9)" and h["callbacks"] == "early_stopping,ema"
     plain = key_hparams(make_cfg([]))
-    assert plain["temporal_fraction"] == "n/a" and plain["scheduler"] == "none"
+    assert plain["split"] == "leave_one_out" and plain["scheduler"] == "none"
     assert plain["callbacks"] == "default" and plain["subset"].startswith("full(")
 
 

@@ -47,7 +47,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
 
 # what a run's figures measure (run.PROTOCOL): a difference here makes another test, so it
 # labels the data, not the model, and such runs are never averaged together (nor their oracles)
-PROTOCOL = ("split", "subset", "num_test_negatives", "min_ratings", "temporal_fraction")
+PROTOCOL = ("split", "subset", "num_test_negatives", "min_ratings")
 NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds", *PROTOCOL}
 # settings added to the logged hparams later, with the value older runs (which lack them) had
 DEFAULT_SETTINGS = {"loss": "bce", "l2": 0.0, "negatives_exclude": "train", "full_ranking_users": "all"}

@@ -70,8 +70,8 @@ def check_trainer(cfg: DictConfig) -> None:
 
 def check_run(cfg: DictConfig) -> None:
     """Fail before any work on a train.py command that cannot give what metrics.json claims:
-    a test of weights nothing trained, a seed torch cannot take, or a resumed run whose
-    checkpoint was trained on other data, model or seed (`check_resume`)."""
+    a test of weights nothing trained, a seed torch cannot take, or a checkpoint (resumed, or
+    tested with train=false) that was trained on other data, model or seed (`check_checkpoint`)."""
     seed = cfg.get("seed")
     if not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise ConfigError(f"seed={seed!r}: use a whole number from 0 to {2 ** 32 - 1}")
@@ -82,15 +82,19 @@ def check_run(cfg: DictConfig) -> None:
         if cfg.trainer.get("max_epochs") == 0:
             raise ConfigError("trainer.max_epochs=0 trains nothing, so the test would score untrained "
                               "weights; train at least one epoch, or set test=false")
-    if cfg.train and cfg.ckpt_path:
-        check_resume(cfg)
+    if cfg.ckpt_path and (cfg.train or cfg.test):
+        check_checkpoint(cfg)
 
 
-# what a resumed run may set anew: how it runs, not what it trains on or what it trains
-# (trainer, logger, callbacks and paths are not compared at all; max_epochs may grow)
-RESUME_MAY_CHANGE = ("data.cache_dir", "data.eval_batch_size", "data.batches_on_device",
+# what a run from a checkpoint may set anew: how it runs and where files are, not what it
+# trains on or what it trains (trainer, logger, callbacks and paths are not compared at all;
+# max_epochs may grow). The locations may differ as text for the same files (a relative path,
+# another working directory, a pre-training sweep's directory), and a checkpoint of other
+# data fails to load anyway when the sizes differ; data.name and the generator's settings
+# are compared.
+RESUME_MAY_CHANGE = ("data.root", "data.cache_dir", "data.eval_batch_size", "data.batches_on_device",
                      "data.full_ranking_users", "model.compile", "model.full_ranking",
-                     "model.full_ranking_cells")
+                     "model.full_ranking_cells", "model.net.gmf_ckpt", "model.net.mlp_ckpt")
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:
@@ -102,10 +106,12 @@ def _flat(node: Any, prefix: str) -> dict[str, Any]:
     return {prefix: node}
 
 
-def check_resume(cfg: DictConfig) -> None:
-    """Refuse to resume `cfg.ckpt_path` with another seed, data or model than its run had (a
-    different seed alone changes the split and the candidates, so the carried-over best score
-    would be of another test); the error lists the differences and the command that resumes."""
+def check_checkpoint(cfg: DictConfig) -> None:
+    """Refuse to resume or test `cfg.ckpt_path` with another seed, data or model setting than
+    its run had: another seed alone changes the split and the candidates, so a resumed run's
+    carried-over best score, or the test, would be of another test set. Settings the
+    checkpoint does not record (written before they existed) are not compared. The error lists
+    the differences and the command that resumes the run."""
     import shlex
 
     path = Path(cfg.ckpt_path)
@@ -120,25 +126,31 @@ def check_resume(cfg: DictConfig) -> None:
     now = OmegaConf.to_container(cfg, resolve=True)
     before, after = ({**_flat(c.get("data"), "data"), **_flat(c.get("model"), "model"), "seed": c.get("seed")}
                      for c in (stored, now))
-    missing = object()
-    differ = [k for k in sorted(set(before) | set(after)) if k not in RESUME_MAY_CHANGE
-              and before.get(k, missing) != after.get(k, missing)]
+    differ = [k for k in sorted(before.keys() & after.keys())
+              if k not in RESUME_MAY_CHANGE and before[k] != after[k]]
     if not differ:
         return
 
     def show(v: Any) -> str:
-        return "(unset)" if v is missing else str(v) if len(str(v)) <= 60 else str(v)[:57] + "..."
+        return str(v) if len(str(v)) <= 60 else str(v)[:57] + "..."
 
-    lines = [f"  {k}: {show(before.get(k, missing))} in the checkpoint, {show(after.get(k, missing))} now"
-             for k in differ[:8]] + ([f"  ... and {len(differ) - 8} more"] if len(differ) > 8 else [])
+    lines = [f"  {k}: {show(before[k])} in the checkpoint, {show(after[k])} now" for k in differ[:8]]
+    lines += [f"  ... and {len(differ) - 8} more"] if len(differ) > 8 else []
     hint = ""
-    overrides = path.resolve().parent.parent / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        words = [o for o in OmegaConf.load(overrides) if not str(o).startswith(("ckpt_path=", "hydra."))]
-        hint = "\nResume it with the overrides its run was started with:\n  python train.py " + \
-            " ".join(shlex.quote(str(o)) for o in [*words, f"ckpt_path={cfg.ckpt_path}"])
-    raise ConfigError(f"ckpt_path={path} was trained with other settings than this command's, and a "
-                      f"resumed run must keep them:\n" + "\n".join(lines) + hint)
+    if cfg.train:
+        overrides = path.resolve().parent.parent / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            # as written on the command line: an interpolation stays unresolved text
+            words = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides), resolve=False)
+                     if not str(o).startswith(("ckpt_path=", "hydra."))]
+            hint = ("\nResume it with the overrides its run was started with (raise trainer.max_epochs "
+                    "to train further):\n  python train.py " +
+                    " ".join(shlex.quote(o) for o in [*words, f"ckpt_path={cfg.ckpt_path}"]))
+    else:
+        hint = f"\nTo test it as it was trained: python evaluate.py ckpt_path={shlex.quote(str(cfg.ckpt_path))}"
+    what = "a resumed run" if cfg.train else "a test of it"
+    raise ConfigError(f"ckpt_path={path} was trained with other settings than this command's, and "
+                      f"{what} must keep them:\n" + "\n".join(lines) + hint)
 
 
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
@@ -227,11 +239,11 @@ def protocol_hparams(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.data
     subset = data.get("subset")
     split = data.get("split", "leave_one_out")
+    if split == "temporal":  # the fraction only shapes the temporal split
+        split = f"temporal({data.get('temporal_fraction', 0.8)})"
     return {"split": split, "subset": str(instantiate(subset)) if subset else "full",
             "num_test_negatives": data.get("num_test_negatives", 100),
-            "min_ratings": data.get("min_ratings", 3),
-            # the fraction only shapes the temporal split
-            "temporal_fraction": data.get("temporal_fraction") if split == "temporal" else "n/a"}
+            "min_ratings": data.get("min_ratings", 3)}
 
 
 def _short(node: Any) -> str:
