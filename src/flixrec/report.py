@@ -45,7 +45,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# what a run's figures measure (run.PROTOCOL): a difference here makes another test, so it
+# what a run's figures measure (run.protocol_hparams): a difference here makes another test, so it
 # labels the data, not the model, and such runs are never averaged together (nor their oracles)
 PROTOCOL = ("split", "subset", "num_test_negatives", "min_ratings")
 NOT_SETTINGS = {"run", "model", "data", "seed", "best_epoch", "train_seconds", *PROTOCOL}
@@ -62,7 +62,7 @@ def _as_text(values: pd.DataFrame) -> pd.DataFrame:
 
 def protocol_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run, its data name, followed by the protocol settings (`PROTOCOL`) that tell it
-    apart from other runs on the same data, e.g. "tiny (split=temporal)"."""
+    apart from other runs on the same data, e.g. "tiny (split=temporal(0.8))"."""
     present = [c for c in PROTOCOL if c in runs.columns]
     labels = runs["data"].astype(str)
     for _, group in runs.groupby("data", sort=False):
