@@ -73,8 +73,8 @@ TTQ_RECIPES = {"batch 4096, lr 0.01, 8 epochs": ["data.batch_size=4096", "model.
                                                  "trainer.max_epochs=8"],
                "batch 1024, lr 0.005, 5 epochs": ["data.batch_size=1024", "model.optimizer.lr=0.005",
                                                   "trainer.max_epochs=5"]}
-# The NeuMF setting recommended for ML-100K (tuned on validation, bench/ACCURACY.md): the
-# throughput target is judged at its batch size, the one that also meets the accuracy target.
+# The NeuMF setting recommended for ML-100K (tuned on validation for the accuracy target,
+# bench/ACCURACY.md): the throughput target is judged at its batch size.
 RECOMMENDED = "neumf_ml100k"
 # ... and the same on the CPU in bf16 autocast: 1.25x the samples/s on a CPU with AVX512-BF16
 # (bench/ACCURACY.md: the same validation and test figures within noise); 3.8x slower with oneDNN
