@@ -36,8 +36,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 PEER_WORK = BENCH / "_work" / "peer_recbole"
-# RecBole 1.2.1's defaults, except where it must read flixrec's files and leave flixrec's
-# protocol to it: the split comes from the files, evaluation is 1 + 100 sampled per user
+# What RecBole must be told to read flixrec's split from files and to evaluate each user on
+# 1 + 100 sampled candidates; the model, its training and its validation metric (MRR@10) stay at
+# RecBole 1.2.1's defaults
 RECBOLE_CONFIG = {"load_col": {"inter": ["user_id", "item_id"]},
                   "benchmark_filename": ["train", "valid", "test"],
                   "eval_args": {"group_by": "user", "order": "RO", "mode": "uni100"},
