@@ -33,6 +33,11 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported at run time: RecBole's interpreter has no omegaconf
+    from numpy.typing import ArrayLike
+    from omegaconf import DictConfig
 
 BENCH = Path(__file__).resolve().parent
 PEER_WORK = BENCH / "_work" / "peer_recbole"
@@ -46,10 +51,10 @@ RECBOLE_CONFIG = {"load_col": {"inter": ["user_id", "item_id"]},
                   "use_gpu": False, "reproducibility": True, "show_progress": False, "state": "WARNING"}
 
 
-def export(cfg, out: Path) -> str:
+def export(cfg: DictConfig, out: Path) -> str:
     """Write the split and candidates of composed train config `cfg` under `out`: RecBole atomic
     files out/NAME/NAME.{train,valid,test}.inter (flixrec's dense ids as tokens; train holds
-    every training rating, valid and test each evaluated user's held-out movie) and
+    the training ratings, valid and test each evaluated user's held-out movie) and
     out/candidates.npz (users (U,), val and test (U, 1 + data.num_test_negatives) int64, column 0
     the held-out movie).
     Returns NAME, the RecBole data set name."""
@@ -116,7 +121,7 @@ def recbole_child(args: dict) -> dict:
             "epochs_trained": len(trainer.train_loss_dict)}
 
 
-def flixrec_metrics(scores) -> dict:
+def flixrec_metrics(scores: ArrayLike) -> dict:
     """HR@10, NDCG@10 and MRR of a (U, 101) score array with flixrec's metrics (tie rule)."""
     import torch
 
@@ -152,7 +157,7 @@ def main() -> None:
     import numpy as np
     from run_all import ML100K, WORK, compose_cfg, last_json, log, run, train_cli
 
-    root = a.root or ML100K
+    root = (a.root or ML100K).resolve()  # train.py runs from the repository root
     WORK.mkdir(parents=True, exist_ok=True)  # run() keeps its children's output there
     shutil.rmtree(PEER_WORK, ignore_errors=True)
     PEER_WORK.mkdir(parents=True)

@@ -47,8 +47,6 @@ def _peer_recbole():
 def test_recbole_peer_export_is_flixrecs_split(make_cfg, tmp_path):
     """The files RecBole trains and validates on are exactly flixrec's split, and the candidates
     it is scored on are flixrec's (RecBole itself is not needed for this part)."""
-    import numpy as np
-
     from flixrec.run import build
 
     cfg = make_cfg(["seed=3"])
@@ -71,6 +69,8 @@ def test_recbole_peer_export_is_flixrecs_split(make_cfg, tmp_path):
     exported = np.sort(np.concatenate([p[:, 0] * n + p[:, 1] for p in parts.values()]))
     rated = np.sort(dm.table.users.astype(np.int64) * n + dm.table.items.astype(np.int64))
     np.testing.assert_array_equal(exported, rated)  # every rating once: train, validation or test
+    np.testing.assert_array_equal(users, dm.eval_users.numpy())
+    np.testing.assert_array_equal(cands["val"], dm.val_items.numpy())
     np.testing.assert_array_equal(cands["test"], dm.test_items.numpy())
 
 
