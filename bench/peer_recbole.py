@@ -80,7 +80,7 @@ def export(cfg: DictConfig, out: Path) -> str:
 def recbole_child(args: dict) -> dict:
     """Runs under RecBole's interpreter: train RecBole's NeuMF on the exported files, reload its
     best checkpoint, and save its scores of flixrec's candidates to out/scores.npz (float32
-    (U, 101) each for val and test). Returns RecBole's own validation and test figures."""
+    (U, C) each for val and test, shaped like the candidate matrices). Returns RecBole's own validation and test figures."""
     import numpy as np
     import torch
     from recbole.config import Config
@@ -122,7 +122,8 @@ def recbole_child(args: dict) -> dict:
 
 
 def flixrec_metrics(scores: ArrayLike) -> dict:
-    """HR@10, NDCG@10 and MRR of a (U, 101) score array with flixrec's metrics (tie rule)."""
+    """HR@10, NDCG@10 and MRR of a (U, C) score array, column 0 the held-out movie, with
+    flixrec's metrics (ties count against it)."""
     import torch
 
     from flixrec.metrics import RankingMetrics
